@@ -1,0 +1,17 @@
+"""Runtimes that turn an optimized ONNX model into something that runs: ONNX Runtime, TensorRT."""
+
+from __future__ import annotations
+
+import importlib
+
+from onnxopt.errors import ConfigError
+
+BACKENDS = {"ort": "onnxopt.backends.ort:OrtBackend"}
+
+
+def get_backend(name: str, **options):
+    """Instantiate a backend by recipe name; heavy runtimes are imported only here, on demand."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)

@@ -1,0 +1,184 @@
+"""`onnxopt.compile`: load, run the target's passes, verify, profile, save. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+
+from onnxopt import __version__
+from onnxopt.errors import ConfigError, VerificationError
+from onnxopt.evaluation import output_difference, outputs_match
+from onnxopt.graphs import export_model, import_graph
+from onnxopt.inputs import input_specs, random_feeds
+from onnxopt.inspection import model_summary
+from onnxopt.instruments import CheckerInstrument, Verifier, VerifyEachInstrument
+from onnxopt.ir import check_model, load_model, save_model
+from onnxopt.pipeline import PassContext, PassManager, build_passes
+from onnxopt.recipes import apply_overrides, load_recipe_file, load_target
+from onnxopt.report import CompileReport
+
+VERIFY_MODES = ("end", "each", "off")
+
+
+@dataclass
+class CompileResult:
+    model: onnx.ModelProto
+    report: CompileReport
+    output_path: Path | None = None
+
+
+def default_output_path(source: Path, target: str) -> Path:
+    return source.with_name(f"{source.stem}.{target}.onnx")
+
+
+def resolve_recipe(target: str, recipe: str | os.PathLike | dict | None, overrides) -> dict[str, Any]:
+    if isinstance(recipe, dict):
+        base = dict(recipe)
+    elif recipe is not None:
+        base = load_recipe_file(recipe)
+    else:
+        base = load_target(target)
+    return apply_overrides(base, list(overrides or ()))
+
+
+def _check_output_path(source: Path | None, output: Path | None) -> None:
+    if output is None:
+        return
+    if output.suffix.lower() != ".onnx":
+        raise ConfigError(f"output {output} must end in .onnx")
+    if source is not None and output.resolve() == source.resolve():
+        raise ConfigError(f"output {output} is the input model; onnxopt never overwrites its input, choose another -o")
+    if not output.parent.resolve().is_dir():
+        raise ConfigError(f"output folder {output.parent} does not exist")
+
+
+def compile(
+    model: str | os.PathLike | onnx.ModelProto,
+    target: str = "ort-fp32",
+    output: str | os.PathLike | None = None,
+    *,
+    calibration: Any = None,
+    recipe: str | os.PathLike | dict | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    verify: str | None = None,
+    profile: bool = True,
+    profile_iters: int = 50,
+    op_breakdown: bool = False,
+    threads: int = 0,
+    seed: int = 0,
+    report: str | os.PathLike | None = None,
+    save: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CompileResult:
+    """Optimize a model for a target and report what changed.
+
+    `model` is a path or an in-memory ModelProto (never modified). The output is written only when
+    `output` is given, or (for a path input) to `<stem>.<target>.onnx` beside it unless `save=False`.
+    User mistakes raise OnnxoptError.
+    """
+    say = log or (lambda message: None)
+    source = None if isinstance(model, onnx.ModelProto) else Path(model)
+    recipe_dict = resolve_recipe(target, recipe, overrides)
+    target_name = recipe_dict.get("name", target)
+    out_path = Path(output) if output is not None else None
+    if out_path is None and source is not None and save is not False:
+        out_path = default_output_path(source, target_name)
+    if save is False:
+        out_path = None
+    _check_output_path(source, out_path)
+    verify_cfg = dict(recipe_dict.get("verify", {}))
+    mode = verify or verify_cfg.get("mode", "end")
+    if mode not in VERIFY_MODES:
+        raise ConfigError(f"unknown verify mode {mode!r}; use one of {', '.join(VERIFY_MODES)}")
+    passes = build_passes(recipe_dict["passes"])
+
+    say(f"loading {source or 'model'}")
+    original = load_model(model)
+    ctx = PassContext(
+        target=target_name, teacher=original, calibration=calibration, input_shapes=dict(input_shapes or {}), seed=seed
+    )
+    specs = input_specs(original, ctx.input_shapes, ctx.warnings)
+    before = model_summary(original, input_shapes=ctx.input_shapes)
+
+    verifier = None
+    if mode != "off":
+        verifier = Verifier(original, ctx, rtol=float(verify_cfg.get("rtol", 1e-4)), atol=float(verify_cfg.get("atol", 1e-5)))
+    instruments = [CheckerInstrument(original)]
+    if mode == "each" and verifier is not None:
+        instruments.append(VerifyEachInstrument(verifier, original))
+
+    say(f"running {len(passes)} passes for {target_name}")
+    graph = import_graph(original)
+    records = PassManager(passes, instruments).run(graph, ctx)
+    optimized = export_model(graph, original)
+    check_model(optimized)
+
+    verification = _final_verification(mode, verifier, optimized, records)
+    after = model_summary(optimized, input_shapes=ctx.input_shapes)
+
+    latency, breakdown = None, None
+    if profile:
+        say("profiling original vs optimized (interleaved)")
+        latency, breakdown = _profile(recipe_dict, original, optimized, specs, seed, profile_iters, threads, op_breakdown)
+
+    result_report = CompileReport(
+        target=target_name,
+        source=str(source) if source else None,
+        output=str(out_path) if out_path else None,
+        before=before,
+        after=after,
+        passes=records,
+        verification=verification,
+        latency=latency,
+        op_breakdown=breakdown,
+        artifacts=_reportable(ctx.artifacts),
+        warnings=list(ctx.warnings),
+        version=__version__,
+    )
+    if out_path is not None:
+        save_model(optimized, out_path)
+    if report is not None:
+        result_report.save(report)
+    return CompileResult(model=optimized, report=result_report, output_path=out_path)
+
+
+def _final_verification(mode: str, verifier: Verifier | None, optimized: onnx.ModelProto, records) -> dict[str, Any]:
+    if verifier is None:
+        return {"mode": "off"}
+    if verifier.skipped:
+        return {"mode": mode, "skipped": verifier.skipped}
+    all_exact = all(r.exact for r in records)
+    if mode == "each":
+        worst = max((r.checks.get("max_rel_error", 0.0) for r in records), default=0.0)
+        return {"mode": mode, "ok": True, "max_rel_error": worst, "exact": all_exact}
+    ok, why, detail = verifier.compare(optimized)
+    worst = max((d.get("max_rel", 0.0) for d in detail["diff"].values()), default=0.0)
+    if all_exact and not ok:
+        raise VerificationError(f"the optimized model's outputs differ from the original's: {why}; rerun with --verify each to name the pass")
+    cosines = [d.get("cosine", 1.0) for d in detail["diff"].values()]
+    return {"mode": mode, "ok": ok, "max_rel_error": worst, "min_cosine": min(cosines, default=1.0), "exact": all_exact}
+
+
+def _profile(recipe, original, optimized, specs, seed, iters, threads, with_breakdown):
+    from onnxopt.backends import get_backend
+
+    backend = get_backend(recipe.get("backend", "ort"), threads=threads)
+    feeds = random_feeds(specs, seed=seed)
+    comparison = backend.compare(original, optimized, feeds, warmup=max(iters // 10, 2), iters=iters)
+    breakdown = None
+    if with_breakdown and hasattr(backend, "op_breakdown"):
+        breakdown = {
+            "original": backend.op_breakdown(original, feeds),
+            "optimized": backend.op_breakdown(optimized, feeds),
+        }
+    return comparison.to_dict(), breakdown
+
+
+def _reportable(artifacts: dict[str, Any]) -> dict[str, Any]:
+    """Artifacts that passes marked for the report (keys starting with 'report:')."""
+    return {k.split(":", 1)[1]: v for k, v in artifacts.items() if k.startswith("report:")}

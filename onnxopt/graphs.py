@@ -1,0 +1,174 @@
+"""onnx-graphsurgeon helpers shared by passes: import/export, constants, rewiring.
+
+gs is the in-memory IR. These helpers keep rewrites short and keep the one subtle rule in one
+place: a tensor that is a graph output keeps its name, so removing the node that produces it means
+renaming the surviving producer's output rather than dropping the name.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt.errors import ModelInvalidError
+
+# gs prints folding and cleanup chatter on stdout; the CLI owns the terminal.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    try:
+        return gs.import_onnx(model)
+    except Exception as exc:  # gs raises bare exceptions on malformed graphs
+        raise ModelInvalidError(f"cannot import the graph: {exc}") from None
+
+
+def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Export a gs graph; keep the template's metadata and an IR version the opsets allow."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    if template is not None:
+        model.ir_version = max(template.ir_version, _min_ir_version(model))
+        del model.metadata_props[:]
+        model.metadata_props.extend(template.metadata_props)
+        model.doc_string = template.doc_string
+        model.model_version = template.model_version
+        model.domain = template.domain
+    else:
+        model.ir_version = _min_ir_version(model)
+    if not model.producer_name:
+        model.producer_name = "onnxopt"
+    return model
+
+
+def _min_ir_version(model: onnx.ModelProto) -> int:
+    try:
+        return max(onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True), 7)
+    except Exception:
+        return onnx.IR_VERSION
+
+
+def default_opset(graph: gs.Graph) -> int:
+    return int(graph.opset)
+
+
+def is_const(tensor: gs.Tensor | None) -> bool:
+    return isinstance(tensor, gs.Constant)
+
+
+def const_value(tensor: gs.Tensor) -> np.ndarray:
+    return np.asarray(tensor.values)
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(out is tensor for out in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(inp is tensor for inp in graph.inputs)
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every consumer of `old` (nested subgraphs included) at `new`."""
+    for node in list(old.outputs):
+        for i, tensor in enumerate(node.inputs):
+            if tensor is old:
+                node.inputs[i] = new
+    for i, out in enumerate(graph.outputs):
+        if out is old:
+            graph.outputs[i] = new
+
+
+def merge_tensors(graph: gs.Graph, keep: gs.Tensor, drop: gs.Tensor) -> bool:
+    """Make `keep` and `drop` one tensor (they must hold equal values). False when unsafe.
+
+    When `drop` is a graph output its name must survive, so `keep`'s producer is made to
+    produce `drop` instead; that needs `keep` to be an ordinary intermediate tensor.
+    """
+    if keep is drop:
+        return True
+    if not is_graph_output(graph, drop):
+        replace_uses(graph, drop, keep)
+        return True
+    keep_node = producer(keep)
+    if (
+        keep_node is None
+        or not any(n is keep_node for n in graph.nodes)
+        or is_graph_output(graph, keep)
+        or is_graph_input(graph, keep)
+        or is_const(keep)
+    ):
+        return False
+    for node in list(keep.outputs):
+        for i, tensor in enumerate(node.inputs):
+            if tensor is keep:
+                node.inputs[i] = drop
+    for i, out in enumerate(keep_node.outputs):
+        if out is keep:
+            drop_node = producer(drop)
+            if drop_node is not None:
+                drop_node.outputs = [o for o in drop_node.outputs if o is not drop]
+            keep_node.outputs[i] = drop
+    if drop.dtype is None:
+        drop.dtype = keep.dtype
+    if drop.shape is None:
+        drop.shape = keep.shape
+    return True
+
+
+def bypass(graph: gs.Graph, node: gs.Node, data_input: int = 0) -> bool:
+    """Remove a node whose first output equals one of its inputs (Identity, Dropout, no-op ops)."""
+    src = node.inputs[data_input]
+    dst = node.outputs[0]
+    if not merge_tensors(graph, src, dst):
+        return False
+    node.outputs.clear()
+    node.inputs.clear()
+    return True
+
+
+def iter_graphs(graph: gs.Graph) -> Iterable[gs.Graph]:
+    """The graph and every nested subgraph (If/Loop/Scan bodies), outermost first."""
+    yield graph
+    for node in graph.nodes:
+        for attr in node.attrs.values():
+            subs = attr if isinstance(attr, list) else [attr]
+            for sub in subs:
+                if isinstance(sub, gs.Graph):
+                    yield from iter_graphs(sub)
+
+
+def node_count(graph: gs.Graph) -> int:
+    return sum(len(g.nodes) for g in iter_graphs(graph))
+
+
+def has_subgraph(node: gs.Node) -> bool:
+    return any(
+        isinstance(a, gs.Graph) or (isinstance(a, list) and any(isinstance(x, gs.Graph) for x in a))
+        for a in node.attrs.values()
+    )
+
+
+def make_const(name: str, value: np.ndarray) -> gs.Constant:
+    return gs.Constant(name, np.ascontiguousarray(value))
+
+
+def unique_name(graph: gs.Graph, base: str) -> str:
+    """A tensor/node name not used anywhere in the graph."""
+    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    if base not in taken:
+        return base
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"

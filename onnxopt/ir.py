@@ -1,0 +1,242 @@
+"""Loading, validating and saving ONNX models safely.
+
+Users feed us truncated files, text files, models over 2 GB and external-data paths that try to
+escape the model's folder. Every one of those must end in a clear OnnxoptError, the input file is
+never touched, and every output is written atomically (temporary file in the same folder, then
+rename) so an interrupted compile never leaves half a model behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+import onnx.external_data_helper as exdata
+from google.protobuf.message import DecodeError
+
+from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
+EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
+MIN_OPSET = 7
+
+
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto in a graph, its nested subgraphs and node attributes included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from iter_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from iter_tensors(sub)
+
+
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path) -> int:
+    """Refuse external-data references that escape base_dir, are missing, or run past the file.
+
+    Returns the number of external bytes referenced, so callers can budget memory.
+    """
+    base = base_dir.resolve()
+    total = 0
+    for tensor in iter_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = _external_info(tensor)
+        location = info.get("location", "")
+        if not location:
+            raise ModelInvalidError(f"tensor {tensor.name!r} is stored externally but names no file")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+            raise UnsafePathError(
+                f"tensor {tensor.name!r} points to external data at {location!r}: only paths inside "
+                f"the model's folder are allowed"
+            )
+        target = (base / location).resolve()
+        if base != target and base not in target.parents:
+            raise UnsafePathError(
+                f"tensor {tensor.name!r} points to external data at {location!r}, outside the "
+                f"model's folder {base}; move the data next to the model"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"external data file {location!r} for tensor {tensor.name!r} is missing; copy it "
+                f"next to the model"
+            )
+        size = target.stat().st_size
+        offset = int(info.get("offset", "0") or 0)
+        length = int(info.get("length", "0") or 0) or max(size - offset, 0)
+        if offset < 0 or offset + length > size:
+            raise ModelLoadError(
+                f"external data for tensor {tensor.name!r} runs past the end of {location!r} "
+                f"(offset {offset} + length {length} > {size} bytes): the file is truncated"
+            )
+        total += length
+    return total
+
+
+def _check_opset(model: onnx.ModelProto) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            if opset.version < MIN_OPSET:
+                raise ModelInvalidError(
+                    f"opset {opset.version} is older than {MIN_OPSET}; convert the model with "
+                    f"onnx.version_converter first"
+                )
+            if opset.version > newest:
+                raise ModelInvalidError(
+                    f"opset {opset.version} is newer than this onnx package knows ({newest}); "
+                    f"upgrade onnx"
+                )
+
+
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{name} is not an ONNX model (protobuf parse failed: {exc})") from None
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise ModelLoadError(f"{name} is not an ONNX model (no IR version or graph); is the file truncated?")
+    return model
+
+
+def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
+    """Run onnx.checker; a failure becomes ModelInvalidError with the checker's first line."""
+    _check_opset(model)
+    try:
+        if model.ByteSize() > EXTERNAL_DATA_THRESHOLD and path is not None:
+            onnx.checker.check_model(str(path))
+        elif model.ByteSize() <= PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelInvalidError(f"invalid ONNX model: {first}") from None
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bool = True) -> onnx.ModelProto:
+    """Load and validate a model from a path, bytes, or an in-memory ModelProto (copied)."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        if check:
+            check_model(model)
+        return model
+    if isinstance(source, (bytes, bytearray)):
+        model = _parse(bytes(source), "the given bytes")
+        if check:
+            check_model(model)
+        return model
+
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not an ONNX model file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{path} is empty")
+    if size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path} is {size / 2**30:.1f} GB in one protobuf, over ONNX's 2 GB limit; save the "
+            f"weights as external data (onnx.save_model(..., save_as_external_data=True))"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
+    model = _parse(data, str(path))
+    del data
+    check_external_data(model, path.parent)
+    if check:
+        _check_opset(model)
+        # The path-based checker resolves external data itself; run it before we inline the data.
+        has_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(model.graph))
+        if has_external:
+            try:
+                onnx.checker.check_model(str(path))
+            except (onnx.checker.ValidationError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelInvalidError(f"invalid ONNX model: {first}") from None
+        else:
+            check_model(model)
+    try:
+        exdata.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot read external data ({exc})") from None
+    _clear_external_markers(model)
+    return model
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+
+
+@contextlib.contextmanager
+def _staging_dir(folder: Path) -> Iterator[Path]:
+    staging = Path(tempfile.mkdtemp(prefix=".onnxopt-tmp-", dir=folder))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None) -> Path:
+    """Write a model atomically; models too big for one protobuf get a `<name>.data` file beside them.
+
+    The data file is moved into place before the model file, so a reader never sees a model whose
+    weights are missing, and nothing but a hidden staging folder exists while writing.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelLoadError(f"cannot write {path}: folder {folder} does not exist")
+    use_external = needs_external_data(model) if external_data is None else external_data
+    with _staging_dir(folder) as staging:
+        staged_model = staging / path.name
+        if use_external:
+            data_name = path.name + ".data"
+            exdata.convert_model_to_external_data(
+                model, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
+            )
+            try:
+                onnx.save_model(model, str(staged_model))
+            finally:
+                exdata.load_external_data_for_model(model, str(staging))
+                _clear_external_markers(model)
+            os.replace(staging / data_name, folder / data_name)
+        else:
+            with open(staged_model, "wb") as handle:
+                handle.write(model.SerializeToString())
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(staged_model, path)
+    return path
+
+
+def _clear_external_markers(model: onnx.ModelProto) -> None:
+    for tensor in iter_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.HasField("raw_data"):
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def model_size_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size including tensors (what lands on disk, weights included)."""
+    return model.ByteSize()

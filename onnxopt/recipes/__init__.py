@@ -1,0 +1,92 @@
+"""Targets are recipes: TOML files naming the backend, the passes in order, and verification.
+
+`--recipe my.toml` replaces a built-in target; `--set pass.key=value` overrides one option of
+every instance of a pass in the recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from onnxopt.errors import ConfigError, TargetNotAvailableError
+
+ALL_TARGETS = ("ort-fp32", "ort-int8", "ort-fp16", "trt-fp32", "trt-fp16", "trt-int8")
+
+
+def available_targets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
+
+
+def load_target(target: str) -> dict[str, Any]:
+    """The built-in recipe of a target; reserved names not yet built say so."""
+    if target in available_targets():
+        text = resources.files(__name__).joinpath(f"{target}.toml").read_text(encoding="utf-8")
+        return parse_recipe(text, f"built-in target {target}")
+    if target in ALL_TARGETS:
+        raise TargetNotAvailableError(
+            f"target {target} is not available yet in this version of onnxopt; available: "
+            f"{', '.join(available_targets())}"
+        )
+    raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(ALL_TARGETS)} or give --recipe FILE.toml")
+
+
+def load_recipe_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path}: no such file")
+    return parse_recipe(path.read_text(encoding="utf-8"), f"recipe {path}")
+
+
+def parse_recipe(text: str, where: str) -> dict[str, Any]:
+    try:
+        recipe = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit"}
+    unknown = sorted(set(recipe) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
+    passes = recipe.setdefault("passes", [])
+    if not isinstance(passes, list) or not all(isinstance(p, dict) and "name" in p for p in passes):
+        raise ConfigError(f"{where}: `passes` must be an array of tables, each with a name ([[passes]] name = ...)")
+    recipe.setdefault("backend", "ort")
+    recipe.setdefault("verify", {})
+    return recipe
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as TOML (numbers, booleans, arrays, quoted strings), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`pass.key=value` items applied to every instance of the pass; `verify.key=value` too."""
+    recipe = copy.deepcopy(recipe)
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"bad --set {item!r}: write pass-name.option=value")
+        key, raw = item.split("=", 1)
+        section, option = key.rsplit(".", 1)
+        value = parse_value(raw.strip())
+        if section == "verify":
+            recipe.setdefault("verify", {})[option] = value
+            continue
+        entries = [p for p in recipe["passes"] if p["name"] == section]
+        if not entries:
+            names = ", ".join(dict.fromkeys(p["name"] for p in recipe["passes"])) or "(none)"
+            raise ConfigError(f"--set {item}: pass {section!r} is not in this recipe; its passes: {names}")
+        for entry in entries:
+            entry[option] = value
+    return recipe

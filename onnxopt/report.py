@@ -1,0 +1,110 @@
+"""CompileReport: what the compile did, how the model changed, how latency moved. JSON and text."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxopt.pipeline import PassRecord
+
+
+@dataclass
+class CompileReport:
+    target: str
+    source: str | None
+    output: str | None
+    before: dict[str, Any]
+    after: dict[str, Any]
+    passes: list[PassRecord] = field(default_factory=list)
+    verification: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None
+    op_breakdown: dict[str, list[dict[str, Any]]] | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passes"] = [asdict(p) for p in self.passes]
+        return _jsonable(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        b, a = self.before, self.after
+        lines = [f"onnxopt {self.version} · target {self.target}"]
+        if self.output:
+            lines.append(f"wrote {self.output}")
+        lines.append(
+            f"nodes {b.get('nodes')} -> {a.get('nodes')} · size {_mb(b.get('size_bytes'))} -> {_mb(a.get('size_bytes'))}"
+            + (f" · MACs {_giga(b.get('macs'))} -> {_giga(a.get('macs'))}" if b.get("macs") else "")
+        )
+        changed = [p for p in self.passes if p.changed]
+        lines.append(
+            f"passes: {len(self.passes)} run, {len(changed)} changed the graph, {sum(p.seconds for p in self.passes):.2f}s"
+        )
+        for p in changed:
+            lines.append(f"  {p.name:<24} {p.nodes_before:>6} -> {p.nodes_after:<6} {p.seconds:6.2f}s")
+        v = self.verification
+        if v:
+            if v.get("skipped"):
+                lines.append(f"verification: skipped ({v['skipped']})")
+            else:
+                lines.append(f"verification ({v.get('mode')}): {'ok' if v.get('ok') else 'FAILED'}, max relative error {v.get('max_rel_error', 0):.2e}")
+        if self.latency:
+            lat = self.latency
+            lines.append(
+                f"latency p50 {lat['baseline']['p50_ms']:.3f} ms -> {lat['candidate']['p50_ms']:.3f} ms · "
+                f"speedup {lat['speedup']:.2f}x (95% CI {lat['ci95'][0]:.2f}-{lat['ci95'][1]:.2f}, {lat['pairs']} paired runs)"
+            )
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_text_atomic(path, self.to_json() + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _mb(value: Any) -> str:
+    return f"{value / 1e6:.2f} MB" if isinstance(value, (int, float)) else "?"
+
+
+def _giga(value: Any) -> str:
+    return f"{value / 1e9:.3f}G" if isinstance(value, (int, float)) else "?"
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    return value
