@@ -10,6 +10,7 @@ from typing import Any, Callable
 import onnx
 
 from onnxopt import __version__
+from onnxopt.calibration import open_calibration
 from onnxopt.errors import ConfigError, VerificationError
 from onnxopt.evaluation import output_difference, outputs_match
 from onnxopt.graphs import export_model, import_graph
@@ -62,6 +63,7 @@ def compile(
     output: str | os.PathLike | None = None,
     *,
     calibration: Any = None,
+    calibration_limit: int | None = None,
     recipe: str | os.PathLike | dict | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -99,9 +101,9 @@ def compile(
 
     say(f"loading {source or 'model'}")
     original = load_model(model)
-    ctx = PassContext(
-        target=target_name, teacher=original, calibration=calibration, input_shapes=dict(input_shapes or {}), seed=seed
-    )
+    shapes = dict(input_shapes or {})
+    calib = open_calibration(calibration, original, limit=calibration_limit, input_shapes=shapes) if calibration is not None else None
+    ctx = PassContext(target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed)
     specs = input_specs(original, ctx.input_shapes, ctx.warnings)
     before = model_summary(original, input_shapes=ctx.input_shapes)
 

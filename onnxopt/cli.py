@@ -71,6 +71,8 @@ def main() -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the compile report as JSON.")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="A TOML recipe that replaces the target's.")
 @click.option("--set", "overrides", multiple=True, metavar="PASS.KEY=VALUE", help="Override one pass option (repeatable).")
+@click.option("--calib", "calib", metavar="PATH", help="Calibration data: a folder of .npz/.npy files, or one .npz/.npy of N samples ('random' only for smoke tests).")
+@click.option("--calib-limit", type=int, default=None, help="Use at most this many calibration samples.")
 @input_shape_option
 @click.option("--verify", type=click.Choice(["end", "each", "off"]), default=None, help="Numeric check: end to end (default), after every pass, or off.")
 @click.option("--no-profile", is_flag=True, help="Skip the latency comparison.")
@@ -80,7 +82,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def compile_cmd(model, target, output, report_path, recipe, overrides, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
+def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
     """Optimize MODEL for a target and write the optimized model."""
     from onnxopt.api import compile as run_compile
     from onnxopt.inputs import parse_input_shapes
@@ -88,6 +90,8 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, input_sha
     result = run_compile(
         model,
         target=target,
+        calibration=calib,
+        calibration_limit=calib_limit,
         output=output,
         recipe=recipe,
         overrides=overrides,
