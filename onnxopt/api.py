@@ -19,7 +19,7 @@ from onnxopt.inspection import model_summary
 from onnxopt.instruments import CheckerInstrument, Verifier, VerifyEachInstrument
 from onnxopt.ir import check_model, load_model, save_model
 from onnxopt.pipeline import PassContext, PassManager, build_passes
-from onnxopt.recipes import apply_overrides, load_recipe_file, load_target
+from onnxopt.recipes import apply_overrides, insert_structural_passes, load_recipe_file, load_target
 from onnxopt.report import CompileReport
 
 VERIFY_MODES = ("end", "each", "off")
@@ -36,13 +36,15 @@ def default_output_path(source: Path, target: str) -> Path:
     return source.with_name(f"{source.stem}.{target}.onnx")
 
 
-def resolve_recipe(target: str, recipe: str | os.PathLike | dict | None, overrides) -> dict[str, Any]:
+def resolve_recipe(target: str, recipe: str | os.PathLike | dict | None, overrides, extra_passes=()) -> dict[str, Any]:
+    """The target's recipe (or a given one), plus structural passes from flags, plus --set overrides."""
     if isinstance(recipe, dict):
         base = dict(recipe)
     elif recipe is not None:
         base = load_recipe_file(recipe)
     else:
         base = load_target(target)
+    base = insert_structural_passes(base, list(extra_passes or ()))
     return apply_overrides(base, list(overrides or ()))
 
 
@@ -66,6 +68,9 @@ def compile(
     calibration_limit: int | None = None,
     recipe: str | os.PathLike | dict | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    extra_passes: list[dict[str, Any]] | tuple = (),
+    options: dict[str, Any] | None = None,
+    emit: str = "auto",
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     verify: str | None = None,
     profile: bool = True,
@@ -81,11 +86,16 @@ def compile(
 
     `model` is a path or an in-memory ModelProto (never modified). The output is written only when
     `output` is given, or (for a path input) to `<stem>.<target>.onnx` beside it unless `save=False`.
+    `extra_passes` adds structural passes (pruning, depthwise) to the recipe; `options` holds
+    compile-level knobs passes read from ctx.options (e.g. max_drop); `emit="onnx"` stops after
+    writing the optimized ONNX, without building or profiling a runtime artifact.
     User mistakes raise OnnxoptError.
     """
     say = log or (lambda message: None)
     source = None if isinstance(model, onnx.ModelProto) else Path(model)
-    recipe_dict = resolve_recipe(target, recipe, overrides)
+    if emit not in ("auto", "onnx"):
+        raise ConfigError(f"unknown emit mode {emit!r}; use auto or onnx")
+    recipe_dict = resolve_recipe(target, recipe, overrides, extra_passes)
     target_name = recipe_dict.get("name", target)
     out_path = Path(output) if output is not None else None
     if out_path is None and source is not None and save is not False:
@@ -103,7 +113,9 @@ def compile(
     original = load_model(model)
     shapes = dict(input_shapes or {})
     calib = open_calibration(calibration, original, limit=calibration_limit, input_shapes=shapes) if calibration is not None else None
-    ctx = PassContext(target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed)
+    ctx = PassContext(
+        target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed, options=dict(options or {})
+    )
     specs = input_specs(original, ctx.input_shapes, ctx.warnings)
     before = model_summary(original, input_shapes=ctx.input_shapes)
 
@@ -124,7 +136,7 @@ def compile(
     after = model_summary(optimized, input_shapes=ctx.input_shapes)
 
     latency, breakdown = None, None
-    if profile:
+    if profile and emit != "onnx":
         say("profiling original vs optimized (interleaved)")
         latency, breakdown = _profile(recipe_dict, original, optimized, specs, seed, profile_iters, threads, op_breakdown)
 

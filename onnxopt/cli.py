@@ -73,6 +73,13 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="PASS.KEY=VALUE", help="Override one pass option (repeatable).")
 @click.option("--calib", "calib", metavar="PATH", help="Calibration data: a folder of .npz/.npy files, or one .npz/.npy of N samples ('random' only for smoke tests).")
 @click.option("--calib-limit", type=int, default=None, help="Use at most this many calibration samples.")
+@click.option("--prune", type=float, default=None, metavar="RATIO", help="Add structured channel pruning: remove this fraction of channels (needs --calib).")
+@click.option("--prune-flops", type=float, default=None, metavar="X", help="Add channel pruning until at most X of the model's MACs remain.")
+@click.option("--depthwise", is_flag=True, help="Add depthwise-separable substitution of KxK convolutions.")
+@click.option("--depthwise-error", type=float, default=None, metavar="X", help="Per-layer relative output error cap for --depthwise.")
+@click.option("--depthwise-flops", type=float, default=None, metavar="X", help="Substitute until at most X of the model's MACs remain.")
+@click.option("--max-drop", type=float, default=None, metavar="X", help="Accuracy budget for lossy passes (fidelity drop against the original).")
+@click.option("--emit", type=click.Choice(["auto", "onnx"]), default="auto", show_default=True, help="onnx: write the optimized ONNX only, build and profile no runtime artifact.")
 @input_shape_option
 @click.option("--verify", type=click.Choice(["end", "each", "off"]), default=None, help="Numeric check: end to end (default), after every pass, or off.")
 @click.option("--no-profile", is_flag=True, help="Skip the latency comparison.")
@@ -82,7 +89,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
+def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, depthwise, depthwise_error, depthwise_flops, max_drop, emit, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
     """Optimize MODEL for a target and write the optimized model."""
     from onnxopt.api import compile as run_compile
     from onnxopt.inputs import parse_input_shapes
@@ -92,6 +99,9 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
         target=target,
         calibration=calib,
         calibration_limit=calib_limit,
+        extra_passes=_structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops),
+        options={"max_drop": max_drop} if max_drop is not None else {},
+        emit=emit,
         output=output,
         recipe=recipe,
         overrides=overrides,
@@ -106,6 +116,26 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
         log=_log(quiet),
     )
     click.echo(result.report.to_json() if as_json else result.report.summary())
+
+
+def _structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops) -> list[dict]:
+    """Flags that add lossy structural passes to any target: substitute first, then prune."""
+    entries = []
+    if depthwise or depthwise_error is not None or depthwise_flops is not None:
+        entry = {"name": "depthwise-separable"}
+        if depthwise_error is not None:
+            entry["max_error"] = depthwise_error
+        if depthwise_flops is not None:
+            entry["flops_target"] = depthwise_flops
+        entries.append(entry)
+    if prune is not None or prune_flops is not None:
+        entry = {"name": "channel-prune"}
+        if prune is not None:
+            entry["ratio"] = prune
+        if prune_flops is not None:
+            entry["flops_target"] = prune_flops
+        entries.append(entry)
+    return entries
 
 
 @main.command("profile")

@@ -31,9 +31,10 @@ class PassResult:
 class PassContext:
     """What passes may read and share: target, data, seed, cached analyses and artifacts.
 
-    `teacher` is the original model (the reference for lossy passes); `calibration` is an
-    iterable factory of feed dicts (see onnxopt.calibration); `artifacts` carries results from one
-    pass to a later one (quantization scales, pruning decisions) and into the report.
+    `teacher` is the original model (the reference for lossy passes); `calibration` is a
+    re-iterable CalibrationData of feed dicts or None; `artifacts` carries results from one pass
+    to a later one (quantization scales, pruning decisions), and keys starting with "report:"
+    land in the compile report; `options` holds compile-level knobs (e.g. max_drop).
     """
 
     target: str = "ort-fp32"
@@ -44,6 +45,7 @@ class PassContext:
     artifacts: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     latency_fn: Callable[[onnx.ModelProto], float] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # compile-level knobs, e.g. max_drop
     _analyses: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def analysis(self, key: str, compute: Callable[[], Any]) -> Any:

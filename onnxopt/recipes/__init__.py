@@ -51,7 +51,7 @@ def parse_recipe(text: str, where: str) -> dict[str, Any]:
         recipe = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit"}
+    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit", "structural_after"}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
@@ -89,4 +89,21 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ..
             raise ConfigError(f"--set {item}: pass {section!r} is not in this recipe; its passes: {names}")
         for entry in entries:
             entry[option] = value
+    return recipe
+
+
+def insert_structural_passes(recipe: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add lossy structural passes (pruning, depthwise substitution) from CLI flags to any recipe.
+
+    They go right after the recipe's `structural_after` pass (cleanup by default): after weights
+    are constants and shapes known, before fusion folds BatchNormalization (whose scales pruning
+    reads) and before quantization, so the order is substitute, prune, fuse, quantize.
+    """
+    if not entries:
+        return recipe
+    recipe = copy.deepcopy(recipe)
+    anchor = recipe.get("structural_after", "dedup-initializers")
+    names = [p["name"] for p in recipe["passes"]]
+    at = names.index(anchor) + 1 if anchor in names else 0
+    recipe["passes"][at:at] = [dict(e) for e in entries]
     return recipe
