@@ -78,7 +78,7 @@ def input_specs(
             if ttype.HasField("shape") and len(declared) != len(shape):
                 raise ConfigError(f"--input-shape {vi.name}: model declares rank {len(declared)}, got {len(shape)}")
             for d, value in zip(declared, shape):
-                if d.HasField("dim_value") and d.dim_value != value:
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != value:
                     raise ConfigError(f"--input-shape {vi.name}: dim fixed at {d.dim_value} in the model, got {value}")
                 if d.dim_param:
                     symbols.setdefault(d.dim_param, value)

@@ -16,6 +16,8 @@ import onnxruntime as ort
 from onnxopt.errors import BackendError
 from onnxopt.ir import needs_external_data, save_model
 
+ort.set_default_logger_severity(3)  # graph-optimizer chatter is not the user's concern
+
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -9,8 +9,10 @@ tensor across a subgraph boundary.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -104,9 +106,23 @@ def _has_unknown_dims(model: onnx.ModelProto) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _symbolic_engine():
+    """ORT's SymbolicShapeInference, loaded from its file: importing onnxruntime.tools pulls in torch when installed."""
+    import importlib.util
+
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("onnxopt_ort_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
+
+
 def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        SymbolicShapeInference = _symbolic_engine()
 
         return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False) or model
     except Exception as exc:  # symbolic inference gives up on many custom graphs; onnx's result stands

@@ -58,3 +58,17 @@ def conv_model():
         [tensor("y", ["N", 4, 8, 8])],
         [init("b1", np.full((1, 4, 1, 1), 0.5, np.float32)), init("b2", np.full((1, 4, 1, 1), 0.5, np.float32))],
     )
+
+
+ZOO_MODELS = ("efficientnet_lite0", "minilm", "ppocr_det", "ppocr_rec", "ppocr_cls")
+
+
+def zoo_model(name: str):
+    """(model path, calib dir, eval dir) of a materialized zoo model, or skip the test with the reason."""
+    from onnxopt.errors import OnnxoptError
+    from onnxopt.models.zoo import load_zoo_model
+
+    try:
+        return load_zoo_model(name)
+    except OnnxoptError as exc:
+        pytest.skip(str(exc))
