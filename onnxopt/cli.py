@@ -198,6 +198,28 @@ def inspect_cmd(model, as_json):
         click.echo("MACs/op " + ", ".join(f"{op} {m / 1e6:.2f}M" for op, m in list(heavy.items())[:8]))
 
 
+@main.command("check-trt")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=MIN:OPT:MAX",
+    help="Optimization profile for a dynamic input, e.g. x=1x3x224x224:8x3x224x224:32x3x224x224 (repeatable).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="Also apply the rules of this precision (int8 needs Q/DQ).")
+@click.option("--json", "as_json", is_flag=True)
+def check_trt_cmd(model, input_shapes, precision, as_json):
+    """Check MODEL for TensorRT 10 on any machine: exit 0 clean, 1 errors found, 2 bad input."""
+    from onnxopt.backends.trt_check import check_model
+    from onnxopt.inputs import parse_shape_ranges
+    from onnxopt.ir import load_model
+
+    report = check_model(load_model(model), parse_shape_ranges(input_shapes), precision=precision)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
 @main.command("passes")
 @click.option("--json", "as_json", is_flag=True)
 def passes_cmd(as_json):
