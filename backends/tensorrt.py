@@ -1,7 +1,8 @@
 """TensorRT backend: lower the optimized ONNX to a serialized TensorRT 10 engine, run it, profile it.
 
-`tensorrt` (the optional extra `onnxopt[trt]`) is imported only inside functions, so onnxopt
-imports and tests without it. The build follows TensorRT 10's explicit-batch, explicit-quantization
+`tensorrt` (the optional extra `onnxopt[trt]`, TensorRT 10) is imported only inside functions, so
+onnxopt imports and tests without it. TensorRT 11 is refused with a clear message: it builds
+strongly typed networks only, so its fp16 would need a float16 ONNX. The build follows TensorRT 10's explicit-batch, explicit-quantization
 model: a network from the ONNX parser; a builder config per precision (fp32 with TF32 off unless
 asked, fp16, int8 through the model's own Q/DQ with fp16 for the layers Q/DQ leave in float);
 one optimization profile covering every dynamic input (`--input-shape name=min:opt:max`); a
@@ -114,8 +115,10 @@ def _import_tensorrt():
     except OSError as exc:  # the wheel is there but libnvinfer or CUDA libraries do not load
         raise BackendError(f"tensorrt is installed but does not load ({exc})") from None
     major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
-    if major < 10:
-        raise BackendError(f"TensorRT {trt.__version__} is installed; onnxopt needs TensorRT 10 or newer")
+    if major != 10:
+        # TensorRT 11 builds strongly typed networks only (no FP16/INT8 builder flags): fp16 there
+        # needs a float16 ONNX, which this backend does not produce yet.
+        raise BackendError(f"TensorRT {trt.__version__} is installed; onnxopt builds engines with TensorRT 10 (pip install 'tensorrt>=10,<11')")
     return trt
 
 
