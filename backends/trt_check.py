@@ -13,8 +13,9 @@ What it checks, and why:
   and are not reported); float64 is cast to float32;
 - explicit-quantization rules TensorRT imposes on Q/DQ: signed int8, zero point 0 (symmetric),
   constant positive scales, activations per tensor, weights per output channel (Conv axis 0,
-  ConvTranspose axis 1, MatMul last axis, Gemm by transB), every QuantizeLinear followed by a
-  DequantizeLinear, no Q/DQ producing a graph output, and, for int8, that there is any Q/DQ;
+  ConvTranspose axis 1, MatMul last axis, Gemm by transB), float biases (no int32 DQ), every
+  QuantizeLinear followed by a DequantizeLinear, no Q producing a graph output (a Q/DQ pair ending
+  at one is a warning: it rounds the output), and, for int8, that there is any Q/DQ;
 - dynamic input dims without an optimization profile (`--input-shape name=min:opt:max`).
 
 `SUPPORTED_OPS` is transcribed from onnx-tensorrt's docs/operators.md for the TensorRT 10 release
@@ -258,7 +259,7 @@ def _dims_text(vi: onnx.ValueInfoProto) -> str:
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         return "unknown rank"
-    return "x".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in tt.shape.dim)
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in tt.shape.dim) + "]"
 
 
 # --- Q/DQ --------------------------------------------------------------------------------------
@@ -330,7 +331,10 @@ def _check_qdq(graph: gs.Graph, report: CheckReport, precision: str | None) -> N
         label = _node_label(node)
         qtype = _quantized_dtype(node)
         if qtype is not None and qtype != INT8:
-            if qtype.name in ("float8_e4m3fn", "int4") or str(qtype) in ("float8_e4m3fn", "int4"):
+            if qtype == np.int32 and node.op == "DequantizeLinear" and _const(node.inputs[0]) is not None:
+                report.add("error", "qdq-type", "an int32 DequantizeLinear (a quantized bias): TensorRT's Q/DQ take int8, and it fuses a float bias itself",
+                           "keep biases float32 (e.g. onnxruntime's quantizer: extra_options QuantizeBias=False)", label)
+            elif str(qtype) in ("float8_e4m3fn", "int4"):
                 report.add("warning", "qdq-type", f"{node.op} uses {qtype}, which TensorRT supports only on recent GPUs (FP8) or for weights (INT4)",
                            "use signed int8 unless you target that hardware", label)
             else:
@@ -355,9 +359,14 @@ def _check_qdq(graph: gs.Graph, report: CheckReport, precision: str | None) -> N
         if scale is not None and scale.size > 1:
             _check_axis(node, scale, report, label)
         for out in node.outputs:
-            if id(out) in outputs:
-                report.add("error", "qdq-output", f"{node.op} produces the graph output {out.name}; TensorRT fuses Q/DQ into neighbouring layers and cannot end the network on one",
-                           "remove the Q/DQ at the output so the last layer runs and returns float", label)
+            if id(out) not in outputs:
+                continue
+            if node.op == "QuantizeLinear":
+                report.add("error", "qdq-output", f"QuantizeLinear produces the graph output {out.name}: an int8 output with no DequantizeLinear to fuse with",
+                           "end the graph in float: drop the Q (or add its DequantizeLinear)", label)
+            else:
+                report.add("warning", "qdq-output", f"a Q/DQ pair ends at the graph output {out.name}: the output is rounded to int8 steps and TensorRT runs it as separate quantize/dequantize layers",
+                           "drop the trailing Q/DQ so the last layer returns float", label)
         if node.op == "QuantizeLinear":
             for consumer in node.outputs[0].outputs:
                 if consumer.op != "DequantizeLinear":

@@ -90,10 +90,29 @@ def test_per_channel_activation_quantization_is_an_error():
     assert "qdq-per-channel-activation" in codes(report, "error")
 
 
-def test_qdq_on_graph_output_is_an_error():
+def test_quantize_producing_a_graph_output_is_an_error():
+    report = check_model(qdq_conv(q_as_output=True))
+    assert [(f.node, f.severity) for f in report.findings if f.code == "qdq-output"] == [("q_out", "error")]
+
+
+def test_qdq_pair_ending_at_the_output_is_a_warning():
     report = check_model(qdq_conv(qdq_on_output=True))
-    errors = [f for f in report.errors if f.code == "qdq-output"]
-    assert [f.node for f in errors] == ["dq_out"]
+    assert report.ok
+    assert [(f.node, f.severity) for f in report.findings if f.code == "qdq-output"] == [("dq_out", "warning")]
+
+
+def test_quantized_bias_is_an_error_naming_the_fix():
+    model = qdq_conv()
+    bias = onnx.numpy_helper.from_array(np.arange(4, dtype=np.int32), "bq")
+    scale = onnx.numpy_helper.from_array(np.full(4, 1e-3, np.float32), "bs")
+    model.graph.initializer.extend([bias, scale])
+    model.graph.node.insert(2, helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"], axis=0, name="dq_bias"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.input.append("bd")
+    onnx.checker.check_model(model)
+    report = check_model(model)
+    assert [(f.code, f.node) for f in report.errors] == [("qdq-type", "dq_bias")]
+    assert "QuantizeBias=False" in report.errors[0].fix
 
 
 def test_quantize_without_dequantize_is_an_error():

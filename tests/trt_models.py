@@ -37,6 +37,7 @@ def qdq_conv(
     weight_axis=0,
     qtype=np.int8,
     qdq_on_output=False,
+    q_as_output=False,
     per_channel_activation=False,
     unpaired=False,
     batch=1,
@@ -55,7 +56,7 @@ def qdq_conv(
         helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dq_x", **({"axis": 1} if per_channel_activation else {})),
         helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=weight_axis, name="dq_w"),
         helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-        helper.make_node("Relu", ["c"], ["r" if qdq_on_output or unpaired else "y"], name="relu"),
+        helper.make_node("Relu", ["c"], ["r" if qdq_on_output or unpaired or q_as_output else "y"], name="relu"),
     ]
     zp_act = np.full(np.shape(act_scale), zero_point, qtype)
     inits = [
@@ -71,10 +72,16 @@ def qdq_conv(
             helper.make_node("DequantizeLinear", ["rq", "os", "oz"], ["y"], name="dq_out"),
         ]
         inits += [init("os", np.float32(0.02)), init("oz", np.int8(0))]
+    if q_as_output:
+        nodes.append(helper.make_node("QuantizeLinear", ["r", "os", "oz"], ["y"], name="q_out"))
+        inits += [init("os", np.float32(0.02)), init("oz", np.int8(0))]
+        out_type = TensorProto.INT8
+    else:
+        out_type = TensorProto.FLOAT
     if unpaired:
         nodes += [
             helper.make_node("QuantizeLinear", ["r", "os", "oz"], ["rq"], name="q_lonely"),
             helper.make_node("Cast", ["rq"], ["y"], to=TensorProto.FLOAT, name="cast"),
         ]
         inits += [init("os", np.float32(0.02)), init("oz", np.int8(0))]
-    return make_model(nodes, [tensor("x", [batch, 3, 8, 8])], [tensor("y", [batch, 4, 8, 8])], inits)
+    return make_model(nodes, [tensor("x", [batch, 3, 8, 8])], [tensor("y", [batch, 4, 8, 8], out_type)], inits)
