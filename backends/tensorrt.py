@@ -67,8 +67,16 @@ class EngineOptions:
         if precision not in PRECISIONS:
             raise ConfigError(f"TensorRT precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         options = cls(precision=precision, **table)
-        if not isinstance(options.workspace_mb, int) or options.workspace_mb <= 0:
+        if isinstance(options.workspace_mb, bool) or not isinstance(options.workspace_mb, int) or options.workspace_mb <= 0:
             raise ConfigError(f"engine.workspace_mb must be a positive integer (MiB), got {options.workspace_mb!r}")
+        level = options.builder_optimization_level
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 5):
+            raise ConfigError(f"engine.builder_optimization_level must be an integer from 0 to 5, got {level!r}")
+        for name in ("fp16_fallback", "tf32", "strongly_typed"):
+            if not isinstance(getattr(options, name), bool):
+                raise ConfigError(f"engine.{name} must be true or false, got {getattr(options, name)!r}")
+        if not isinstance(options.timing_cache, str):
+            raise ConfigError(f"engine.timing_cache must be auto, off or a path, got {options.timing_cache!r}")
         return options
 
 

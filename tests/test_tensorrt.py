@@ -116,6 +116,10 @@ def test_engine_options_validation():
         EngineOptions.from_recipe({"precision": "fp8"})
     with pytest.raises(ConfigError, match="positive"):
         EngineOptions.from_recipe({"engine": {"workspace_mb": 0}})
+    with pytest.raises(ConfigError, match="0 to 5"):
+        EngineOptions.from_recipe({"engine": {"builder_optimization_level": "max"}})
+    with pytest.raises(ConfigError, match="true or false"):
+        EngineOptions.from_recipe({"engine": {"tf32": "yes"}})
 
 
 def test_backend_is_registered_and_imports_no_tensorrt():
