@@ -6,7 +6,10 @@ import importlib
 
 from onnxopt.errors import ConfigError
 
-BACKENDS = {"ort": "onnxopt.backends.ort:OrtBackend"}
+BACKENDS = {
+    "ort": "onnxopt.backends.ort:OrtBackend",
+    "tensorrt": "onnxopt.backends.tensorrt:TensorRTBackend",
+}
 
 
 def get_backend(name: str, **options):

@@ -11,7 +11,7 @@ import onnx
 
 from onnxopt import __version__
 from onnxopt.calibration import open_calibration
-from onnxopt.errors import ConfigError, VerificationError
+from onnxopt.errors import ConfigError, TargetNotAvailableError, VerificationError
 from onnxopt.evaluation import output_difference, outputs_match
 from onnxopt.graphs import export_model, import_graph
 from onnxopt.inputs import input_specs, random_feeds
@@ -72,6 +72,8 @@ def compile(
     options: dict[str, Any] | None = None,
     emit: str = "auto",
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    input_ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None,
+    engine: str | os.PathLike | None = None,
     verify: str | None = None,
     profile: bool = True,
     profile_iters: int = 50,
@@ -89,6 +91,11 @@ def compile(
     `extra_passes` adds structural passes (pruning, depthwise) to the recipe; `options` holds
     compile-level knobs passes read from ctx.options (e.g. max_drop); `emit="onnx"` stops after
     writing the optimized ONNX, without building or profiling a runtime artifact.
+    TensorRT targets (backend "tensorrt") also run the TensorRT readiness check, write the ONNX,
+    then build, save (`engine`, default `<stem>.<target>.engine` beside the ONNX) and profile the
+    engine; `input_ranges` gives (min, opt, max) shapes for its optimization profile. Where TensorRT
+    or a CUDA device is missing they stop with TargetNotAvailableError after writing the ONNX (and
+    the report), unless emit="onnx".
     User mistakes raise OnnxoptError.
     """
     say = log or (lambda message: None)
@@ -108,10 +115,15 @@ def compile(
     if mode not in VERIFY_MODES:
         raise ConfigError(f"unknown verify mode {mode!r}; use one of {', '.join(VERIFY_MODES)}")
     passes = build_passes(recipe_dict["passes"])
+    backend_name = recipe_dict.get("backend", "ort")
+    engine_options = _engine_options(recipe_dict) if backend_name == "tensorrt" else None
+    engine_path = _engine_path(engine, source, out_path, target_name) if backend_name == "tensorrt" else None
 
     say(f"loading {source or 'model'}")
     original = load_model(model)
     shapes = dict(input_shapes or {})
+    for name, (_, opt, _) in dict(input_ranges or {}).items():
+        shapes.setdefault(name, tuple(opt))
     calib = open_calibration(calibration, original, limit=calibration_limit, input_shapes=shapes) if calibration is not None else None
     ctx = PassContext(
         target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed, options=dict(options or {})
@@ -135,8 +147,12 @@ def compile(
     verification = _final_verification(mode, verifier, optimized, records)
     after = model_summary(optimized, input_shapes=ctx.input_shapes)
 
+    trt_check = None
+    if backend_name == "tensorrt":
+        trt_check = _check_tensorrt(optimized, recipe_dict, input_ranges, shapes, ctx)
+
     latency, breakdown = None, None
-    if profile and emit != "onnx":
+    if profile and emit != "onnx" and backend_name == "ort":
         say("profiling original vs optimized (interleaved)")
         latency, breakdown = _profile(recipe_dict, original, optimized, specs, seed, profile_iters, threads, op_breakdown)
 
@@ -153,9 +169,20 @@ def compile(
         artifacts=_reportable(ctx.artifacts),
         warnings=list(ctx.warnings),
         version=__version__,
+        trt_check=trt_check,
     )
     if out_path is not None:
         save_model(optimized, out_path)
+    if engine_options is not None and emit != "onnx":
+        try:
+            result_report.engine = _lower_tensorrt(
+                engine_options, optimized, input_ranges, shapes, specs, seed, engine_path, out_path, target_name,
+                profile, profile_iters, say,
+            )
+        except TargetNotAvailableError:
+            if report is not None:
+                result_report.save(report)
+            raise
     if report is not None:
         result_report.save(report)
     return CompileResult(model=optimized, report=result_report, output_path=out_path)
@@ -196,3 +223,69 @@ def _profile(recipe, original, optimized, specs, seed, iters, threads, with_brea
 def _reportable(artifacts: dict[str, Any]) -> dict[str, Any]:
     """Artifacts that passes marked for the report (keys starting with 'report:')."""
     return {k.split(":", 1)[1]: v for k, v in artifacts.items() if k.startswith("report:")}
+
+
+# --- TensorRT targets ---------------------------------------------------------------------------
+
+
+def _engine_options(recipe: dict[str, Any]):
+    from onnxopt.backends.tensorrt import EngineOptions
+
+    return EngineOptions.from_recipe(recipe)
+
+
+def _engine_path(engine, source: Path | None, out_path: Path | None, target: str) -> Path | None:
+    from onnxopt.backends.tensorrt import default_engine_path
+
+    if engine is not None:
+        path = Path(engine)
+        if source is not None and path.resolve() == source.resolve():
+            raise ConfigError(f"--engine {path} is the input model; choose another path")
+        if not path.parent.resolve().is_dir():
+            raise ConfigError(f"engine folder {path.parent} does not exist")
+        return path
+    if out_path is None:
+        return None
+    return default_engine_path(out_path, source.stem if source is not None else out_path.stem, target)
+
+
+def _profiles(input_ranges, shapes) -> dict[str, tuple]:
+    """Optimization profiles: the given (min, opt, max) ranges, else fixed shapes as min = opt = max."""
+    ranges = {name: tuple(tuple(s) for s in r) for name, r in dict(input_ranges or {}).items()}
+    for name, shape in shapes.items():
+        ranges.setdefault(name, (tuple(shape),) * 3)
+    return ranges
+
+
+def _check_tensorrt(model, recipe, input_ranges, shapes, ctx) -> dict[str, Any]:
+    from onnxopt.backends.trt_check import check_model as check_trt
+
+    result = check_trt(model, _profiles(input_ranges, shapes), precision=recipe.get("precision"))
+    for finding in result.errors:
+        ctx.warn(f"TensorRT check: {finding.line()}")
+    return result.to_dict()
+
+
+def _lower_tensorrt(options, optimized, input_ranges, shapes, specs, seed, engine_path, out_path, target, profile, iters, say):
+    from onnxopt.backends import tensorrt as trt_backend
+    from onnxopt.runtime import run_model
+
+    missing = trt_backend.availability()
+    if missing:
+        wrote = f"the TensorRT-ready ONNX is written to {out_path}; " if out_path is not None else ""
+        raise TargetNotAvailableError(
+            f"target {target} cannot build its engine here: {missing}; {wrote}"
+            f"use --emit onnx to write the ONNX alone (exit 0) and build the engine on a machine with TensorRT 10 and a CUDA GPU"
+        )
+    backend = trt_backend.TensorRTBackend(options=options, profiles=_profiles(input_ranges, shapes))
+    feeds = random_feeds(specs, seed=seed)
+    return backend.lower(
+        optimized,
+        feeds,
+        engine_path=engine_path,
+        reference=run_model(optimized, feeds),
+        warmup=max(iters // 10, 2) if profile else 1,
+        iters=iters if profile else 1,
+        layer_runs=10 if profile else 1,
+        log=say,
+    )

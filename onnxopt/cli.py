@@ -54,7 +54,7 @@ input_shape_option = click.option(
     "input_shapes",
     multiple=True,
     metavar="NAME=1x3x224x224",
-    help="Concrete shape for an input with dynamic dims (repeatable).",
+    help="Concrete shape for an input with dynamic dims (repeatable); TensorRT targets take min:opt:max ranges.",
 )
 
 
@@ -80,6 +80,7 @@ def main() -> None:
 @click.option("--depthwise-flops", type=float, default=None, metavar="X", help="Substitute until at most X of the model's MACs remain.")
 @click.option("--max-drop", type=float, default=None, metavar="X", help="Accuracy budget for lossy passes (fidelity drop against the original).")
 @click.option("--emit", type=click.Choice(["auto", "onnx"]), default="auto", show_default=True, help="onnx: write the optimized ONNX only, build and profile no runtime artifact.")
+@click.option("--engine", "engine_path", type=click.Path(dir_okay=False), default=None, help="TensorRT targets: where to write the engine (default <stem>.<target>.engine beside the ONNX).")
 @input_shape_option
 @click.option("--verify", type=click.Choice(["end", "each", "off"]), default=None, help="Numeric check: end to end (default), after every pass, or off.")
 @click.option("--no-profile", is_flag=True, help="Skip the latency comparison.")
@@ -89,10 +90,10 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, depthwise, depthwise_error, depthwise_flops, max_drop, emit, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
+def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, depthwise, depthwise_error, depthwise_flops, max_drop, emit, engine_path, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
     """Optimize MODEL for a target and write the optimized model."""
     from onnxopt.api import compile as run_compile
-    from onnxopt.inputs import parse_input_shapes
+    from onnxopt.inputs import parse_input_shapes, parse_shape_ranges
 
     result = run_compile(
         model,
@@ -106,6 +107,8 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
         recipe=recipe,
         overrides=overrides,
         input_shapes=parse_input_shapes(input_shapes),
+        input_ranges=parse_shape_ranges(input_shapes),
+        engine=engine_path,
         verify=verify,
         profile=not no_profile,
         profile_iters=iters,
@@ -196,6 +199,28 @@ def inspect_cmd(model, as_json):
     heavy = {op: m for op, m in summary["macs_by_op"].items() if m}
     if heavy:
         click.echo("MACs/op " + ", ".join(f"{op} {m / 1e6:.2f}M" for op, m in list(heavy.items())[:8]))
+
+
+@main.command("check-trt")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=MIN:OPT:MAX",
+    help="Optimization profile for a dynamic input, e.g. x=1x3x224x224:8x3x224x224:32x3x224x224 (repeatable).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="Also apply the rules of this precision (int8 needs Q/DQ).")
+@click.option("--json", "as_json", is_flag=True)
+def check_trt_cmd(model, input_shapes, precision, as_json):
+    """Check MODEL for TensorRT 10 on any machine: exit 0 clean, 1 errors found, 2 bad input."""
+    from onnxopt.backends.trt_check import check_model
+    from onnxopt.inputs import parse_shape_ranges
+    from onnxopt.ir import load_model
+
+    report = check_model(load_model(model), parse_shape_ranges(input_shapes), precision=precision)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+    sys.exit(0 if report.ok else 1)
 
 
 @main.command("passes")

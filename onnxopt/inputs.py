@@ -50,6 +50,27 @@ def parse_input_shapes(items: list[str] | tuple[str, ...]) -> dict[str, tuple[in
     return shapes
 
 
+def parse_shape_ranges(items: list[str] | tuple[str, ...]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """`name=min:opt:max` items (TensorRT optimization profiles); a plain shape is min = opt = max."""
+    ranges = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"bad --input-shape {item!r}: write name=1x3x224x224 or name=min:opt:max")
+        name, text = item.split("=", 1)
+        parts = [parse_shape(p.strip()) for p in text.split(":")]
+        if len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3:
+            raise ConfigError(f"bad --input-shape {item!r}: a range is min:opt:max")
+        low, opt, high = parts
+        if not len(low) == len(opt) == len(high):
+            raise ConfigError(f"bad --input-shape {item!r}: min, opt and max must have the same rank")
+        if any(not (a <= b <= c) for a, b, c in zip(low, opt, high)):
+            raise ConfigError(f"bad --input-shape {item!r}: every dim needs min <= opt <= max")
+        ranges[name.strip()] = (low, opt, high)
+    return ranges
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Real inputs: graph inputs that are not initializers (old exporters list weights as inputs)."""
     inits = {init.name for init in model.graph.initializer}

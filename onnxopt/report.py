@@ -26,6 +26,8 @@ class CompileReport:
     artifacts: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     version: str = ""
+    trt_check: dict[str, Any] | None = None  # TensorRT readiness findings (trt-* targets)
+    engine: dict[str, Any] | None = None  # the TensorRT engine: path, build, latency, layers
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -63,9 +65,42 @@ class CompileReport:
                 f"latency p50 {lat['baseline']['p50_ms']:.3f} ms -> {lat['candidate']['p50_ms']:.3f} ms · "
                 f"speedup {lat['speedup']:.2f}x (95% CI {lat['ci95'][0]:.2f}-{lat['ci95'][1]:.2f}, {lat['pairs']} paired runs)"
             )
+        lines.extend(self._tensorrt_lines())
         for w in self.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines)
+
+    def _tensorrt_lines(self) -> list[str]:
+        lines = []
+        if self.trt_check is not None:
+            check = self.trt_check
+            state = "clean" if not check["findings"] else f"{check['errors']} error(s), {check['warnings']} warning(s)"
+            lines.append(f"TensorRT check: {state}")
+        engine = self.engine
+        if engine:
+            lines.append(
+                f"engine {engine.get('path') or '(in memory)'} · {engine['bytes'] / 1e6:.2f} MB · {engine['precision']} · "
+                f"built in {engine['build_seconds']:.1f}s on {engine.get('device', '?')} (TensorRT {engine.get('tensorrt_version')})"
+            )
+            lat = engine.get("latency")
+            if lat:
+                lines.append(
+                    f"engine latency p50 {lat['p50_ms']:.3f} ms · p90 {lat['p90_ms']:.3f} ms · p99 {lat['p99_ms']:.3f} ms · "
+                    f"{lat['throughput']:.1f} samples/s (CUDA events, {lat['iterations']} runs)"
+                )
+            if engine.get("fidelity"):
+                fid = engine["fidelity"]
+                lines.append(f"engine vs onnxruntime: min cosine {fid['min_cosine']:.6f}, max relative error {fid['max_rel_error']:.2e}")
+            summary = engine.get("layer_summary", {})
+            if summary:
+                lines.append(
+                    f"engine layers {summary['engine_layers']} from {summary['onnx_nodes']} ONNX nodes ({summary['fused_layers']} fused) · "
+                    + ", ".join(f"{k} {v}" for k, v in summary["by_precision"].items())
+                )
+            for row in engine.get("layers", [])[:5]:
+                if "ms_per_run" in row:
+                    lines.append(f"  {row['name'][:60]:<60} {row['ms_per_run']:8.4f} ms {row['share'] * 100:5.1f}% {row.get('precision') or ''}")
+        return lines
 
     def save(self, path: str | os.PathLike) -> Path:
         return write_text_atomic(path, self.to_json() + "\n")

@@ -127,8 +127,13 @@ def test_recipe_overrides():
 
 def test_reserved_and_unknown_targets():
     from onnxopt.errors import TargetNotAvailableError
+    from onnxopt.recipes import ALL_TARGETS, available_targets
 
-    with pytest.raises(TargetNotAvailableError, match="not available yet"):
-        load_target("ort-fp16")
+    for name in ("ort-fp16", "trt-fp32", "trt-fp16"):
+        assert load_target(name)["name"] == name
+    reserved = [t for t in ALL_TARGETS if t not in available_targets()]
+    for name in reserved:
+        with pytest.raises(TargetNotAvailableError, match="not available yet"):
+            load_target(name)
     with pytest.raises(ConfigError, match="unknown target"):
         load_target("tpu-int2")

@@ -51,7 +51,7 @@ def parse_recipe(text: str, where: str) -> dict[str, Any]:
         recipe = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit", "structural_after"}
+    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit", "structural_after", "engine"}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
@@ -72,7 +72,7 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`pass.key=value` items applied to every instance of the pass; `verify.key=value` too."""
+    """`pass.key=value` items applied to every instance of the pass; `verify.key=value` and `engine.key=value` too."""
     recipe = copy.deepcopy(recipe)
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -80,8 +80,8 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ..
         key, raw = item.split("=", 1)
         section, option = key.rsplit(".", 1)
         value = parse_value(raw.strip())
-        if section == "verify":
-            recipe.setdefault("verify", {})[option] = value
+        if section in ("verify", "engine"):
+            recipe.setdefault(section, {})[option] = value
             continue
         entries = [p for p in recipe["passes"] if p["name"] == section]
         if not entries:
