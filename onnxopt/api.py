@@ -79,6 +79,8 @@ def compile(
     threads: int = 0,
     seed: int = 0,
     report: str | os.PathLike | None = None,
+    evaluation_data: Any = None,
+    labels: Any = None,
     save: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CompileResult:
@@ -89,6 +91,8 @@ def compile(
     `extra_passes` adds structural passes (pruning, depthwise) to the recipe; `options` holds
     compile-level knobs passes read from ctx.options (e.g. max_drop); `emit="onnx"` stops after
     writing the optimized ONNX, without building or profiling a runtime artifact.
+    `evaluation_data` (+ `labels`) measures fidelity and accuracy on real data into report.evaluation;
+    `report` writes JSON, or HTML / Markdown for a .html / .md name.
     User mistakes raise OnnxoptError.
     """
     say = log or (lambda message: None)
@@ -140,6 +144,13 @@ def compile(
         say("profiling original vs optimized (interleaved)")
         latency, breakdown = _profile(recipe_dict, original, optimized, specs, seed, profile_iters, threads, op_breakdown)
 
+    evaluation = None
+    if evaluation_data is not None:
+        from onnxopt.evaluation import evaluate
+
+        say("evaluating original vs optimized on the evaluation data")
+        evaluation = evaluate(original, optimized, evaluation_data, labels, input_shapes=shapes).to_dict()
+
     result_report = CompileReport(
         target=target_name,
         source=str(source) if source else None,
@@ -153,6 +164,7 @@ def compile(
         artifacts=_reportable(ctx.artifacts),
         warnings=list(ctx.warnings),
         version=__version__,
+        evaluation=evaluation,
     )
     if out_path is not None:
         save_model(optimized, out_path)
