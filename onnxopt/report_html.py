@@ -471,8 +471,9 @@ def _evaluation_section(report: CompileReport) -> str:
             text = "off"
         else:
             ok = v.get("ok")
+            tone = "pass" if ok else "fail" if v.get("exact") else "info"
             text = (
-                f'<span class="badge {"pass" if ok else "fail"}">{"ok" if ok else "differs"}</span> mode {esc(v.get("mode"))} · '
+                f'<span class="badge {tone}">{"ok" if ok else "differs" if v.get("exact") else "drift (lossy)"}</span> mode {esc(v.get("mode"))} · '
                 f"max relative error {v.get('max_rel_error', 0):.2e}"
                 + (f" · min cosine {v['min_cosine']:.6f}" if "min_cosine" in v else "")
                 + (" · every pass exact" if v.get("exact") else " · lossy passes ran")
