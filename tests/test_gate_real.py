@@ -80,8 +80,12 @@ def test_ppocr_cls_labeled_gate(tmp_path):
 
 
 def test_efficientnet_gate_on_photos(tmp_path):
+    """On an already compiled model (--optimized), as a deployment pipeline would run it."""
     folder = _zoo("efficientnet_lite0")
-    common = [folder / "model.onnx", "--data", folder / "eval", "--eval-limit", 12, "--json", tmp_path / "g.json", "--junit", tmp_path / "g.xml"]
+    compiled = CliRunner().invoke(main, ["compile", str(folder / "model.onnx"), "-o", str(tmp_path / "opt.onnx"), "--no-profile", "-q"])
+    assert compiled.exit_code == 0, compiled.output
+    common = [folder / "model.onnx", "--optimized", tmp_path / "opt.onnx", "--data", folder / "eval", "--eval-limit", 12,
+              "--json", tmp_path / "g.json", "--junit", tmp_path / "g.xml"]
     met = _gate(*common, "--min-fidelity", 0.9999, "--max-drop", 0.0, "--max-size-mb", 30, "--report", tmp_path / "r.html")
     assert met.exit_code == 0, met.output
     assert "Gate passed" in (tmp_path / "r.html").read_text()
