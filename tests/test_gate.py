@@ -166,3 +166,12 @@ def test_cli_exit_2_on_errors_still_writes_files(files, tmp_path):
     assert error is not None and "--data" in error.get("message")
     result = _gate(tmp_path / "missing.onnx", "--max-size-mb", 1)
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_gate_passes_calibration_to_the_compile(files, tmp_path):
+    original, _, data, _ = files
+    calib = write_folder(tmp_path / "calib", samples(4, seed=9))
+    result = _gate(original, "--calib", calib, "--data", data, "--min-fidelity", 0.9999)
+    assert result.exit_code == 0, result.output
+    result = _gate(original, "--calib", tmp_path / "nowhere", "--data", data, "--min-fidelity", 0.9999)
+    assert result.exit_code == 2 and "calibration data" in result.output and "no such file" in result.output
