@@ -81,6 +81,8 @@ def compile(
     threads: int = 0,
     seed: int = 0,
     report: str | os.PathLike | None = None,
+    evaluation_data: Any = None,
+    labels: Any = None,
     save: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CompileResult:
@@ -96,6 +98,8 @@ def compile(
     engine; `input_ranges` gives (min, opt, max) shapes for its optimization profile. Where TensorRT
     or a CUDA device is missing they stop with TargetNotAvailableError after writing the ONNX (and
     the report), unless emit="onnx".
+    `evaluation_data` (+ `labels`) measures fidelity and accuracy on real data into report.evaluation;
+    `report` writes JSON, or HTML / Markdown for a .html / .md name.
     User mistakes raise OnnxoptError.
     """
     say = log or (lambda message: None)
@@ -156,6 +160,13 @@ def compile(
         say("profiling original vs optimized (interleaved)")
         latency, breakdown = _profile(recipe_dict, original, optimized, specs, seed, profile_iters, threads, op_breakdown)
 
+    evaluation = None
+    if evaluation_data is not None:
+        from onnxopt.evaluation import evaluate
+
+        say("evaluating original vs optimized on the evaluation data")
+        evaluation = evaluate(original, optimized, evaluation_data, labels, input_shapes=shapes).to_dict()
+
     result_report = CompileReport(
         target=target_name,
         source=str(source) if source else None,
@@ -170,6 +181,7 @@ def compile(
         warnings=list(ctx.warnings),
         version=__version__,
         trt_check=trt_check,
+        evaluation=evaluation,
     )
     if out_path is not None:
         save_model(optimized, out_path)

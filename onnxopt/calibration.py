@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
+from onnxopt import progress
 from onnxopt.errors import CalibrationError
 from onnxopt.inputs import InputSpec, input_specs, random_feeds
 
@@ -60,7 +61,8 @@ class CalibrationData:
         return len(self) if self._count is not None else self.limit
 
     def __iter__(self) -> Iterator[Feeds]:
-        for i, (origin, feeds) in enumerate(self._factory()):
+        samples = progress.track(self._factory(), f"samples · {self.description or 'data'}", self.known_length())
+        for i, (origin, feeds) in enumerate(samples):
             if self.limit is not None and i >= self.limit:
                 return
             yield self._check(origin, feeds) if self.specs else feeds

@@ -68,7 +68,7 @@ def main() -> None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--target", "-t", default="ort-fp32", show_default=True, help="Built-in target (see `onnxopt targets`).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model (default: <stem>.<target>.onnx beside the input).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the compile report as JSON.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the compile report: report.html (a page with charts), report.md (a PR comment), else JSON.")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="A TOML recipe that replaces the target's.")
 @click.option("--set", "overrides", multiple=True, metavar="PASS.KEY=VALUE", help="Override one pass option (repeatable).")
 @click.option("--calib", "calib", metavar="PATH", help="Calibration data: a folder of .npz/.npy files, or one .npz/.npy of N samples ('random' only for smoke tests).")
@@ -81,6 +81,8 @@ def main() -> None:
 @click.option("--max-drop", type=float, default=None, metavar="X", help="Accuracy budget for lossy passes (fidelity drop against the original).")
 @click.option("--emit", type=click.Choice(["auto", "onnx"]), default="auto", show_default=True, help="onnx: write the optimized ONNX only, build and profile no runtime artifact.")
 @click.option("--engine", "engine_path", type=click.Path(dir_okay=False), default=None, help="TensorRT targets: where to write the engine (default <stem>.<target>.engine beside the ONNX).")
+@click.option("--data", "eval_data", metavar="PATH", help="Evaluation data (real samples, disjoint from --calib): adds fidelity and accuracy to the report.")
+@click.option("--labels", metavar="FILE", help="A .npy of int class ids, one per --data sample: adds labeled top-1/top-5 accuracy.")
 @input_shape_option
 @click.option("--verify", type=click.Choice(["end", "each", "off"]), default=None, help="Numeric check: end to end (default), after every pass, or off.")
 @click.option("--no-profile", is_flag=True, help="Skip the latency comparison.")
@@ -90,10 +92,15 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, depthwise, depthwise_error, depthwise_flops, max_drop, emit, engine_path, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
+def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, depthwise, depthwise_error, depthwise_flops, max_drop, emit, engine_path, eval_data, labels, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
     """Optimize MODEL for a target and write the optimized model."""
+    from onnxopt import progress
     from onnxopt.api import compile as run_compile
     from onnxopt.inputs import parse_input_shapes, parse_shape_ranges
+
+    progress.set_quiet(quiet)
+    if labels is not None and eval_data is None:
+        raise click.UsageError("--labels needs --data")
 
     result = run_compile(
         model,
@@ -116,6 +123,8 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
         threads=threads,
         seed=seed,
         report=report_path,
+        evaluation_data=eval_data,
+        labels=labels,
         log=_log(quiet),
     )
     click.echo(result.report.to_json() if as_json else result.report.summary())
@@ -221,6 +230,99 @@ def check_trt_cmd(model, input_shapes, precision, as_json):
     report = check_model(load_model(model), parse_shape_ranges(input_shapes), precision=precision)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
     sys.exit(0 if report.ok else 1)
+
+
+@main.command("eval")
+@click.argument("original", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("optimized", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", required=True, metavar="PATH", help="Real samples: a folder of .npz/.npy files, or one .npz/.npy of N samples.")
+@click.option("--labels", metavar="FILE", help="A .npy of int class ids, one per sample: adds labeled top-1/top-5 accuracy.")
+@click.option("--output", "output_name", metavar="NAME", help="The classifier output the labels refer to (default: the first [batch, classes] output).")
+@click.option("--limit", type=int, default=None, help="Evaluate at most this many samples.")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(original, optimized, data, labels, output_name, limit, input_shapes, as_json, quiet):
+    """Fidelity of OPTIMIZED against ORIGINAL on real data, and accuracy when labels are given."""
+    from onnxopt import progress
+    from onnxopt.evaluation import evaluate
+    from onnxopt.inputs import parse_input_shapes
+
+    progress.set_quiet(quiet)
+    result = evaluate(original, optimized, data, labels, output=output_name, limit=limit, input_shapes=parse_input_shapes(input_shapes))
+    if as_json:
+        from onnxopt.report import _jsonable
+
+        click.echo(json.dumps(_jsonable(result.to_dict()), indent=2))
+    else:
+        click.echo(result.summary())
+
+
+@main.command("gate")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--target", "-t", default="ort-fp32", show_default=True, help="Target to compile for (see `onnxopt targets`).")
+@click.option("--optimized", type=click.Path(dir_okay=False, path_type=str), help="Judge this already compiled model instead of compiling MODEL.")
+@click.option("--calib", metavar="PATH", help="Calibration data for the compile (lossy targets).")
+@click.option("--data", metavar="PATH", help="Evaluation data (real samples, disjoint from --calib); needed by --max-drop and --min-fidelity.")
+@click.option("--labels", metavar="FILE", help="A .npy of int class ids, one per --data sample: --max-drop then means labeled top-1 accuracy.")
+@click.option("--eval-limit", type=int, default=None, help="Evaluate at most this many samples.")
+@click.option("--max-drop", type=float, default=None, metavar="PTS", help="Largest allowed accuracy drop in percentage points.")
+@click.option("--min-fidelity", type=float, default=None, metavar="X", help="Smallest allowed cosine similarity to the original (worst output).")
+@click.option("--min-speedup", type=float, default=None, metavar="X", help="Smallest allowed speedup over the original (decided on a 95% CI).")
+@click.option("--max-latency-ms", type=float, default=None, metavar="X", help="Largest allowed median latency of the optimized model (decided on a 95% CI).")
+@click.option("--max-size-mb", type=float, default=None, metavar="X", help="Largest allowed size of the optimized model in MB.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result (every threshold, measured value, pass/fail) as JSON.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write a JUnit XML file (one testcase per threshold) for CI.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the full report: .html, .md or .json.")
+@click.option("--iters", default=50, show_default=True, help="Interleaved timing pairs per round.")
+@click.option("--latency-rounds", default=3, show_default=True, help="Most rounds of timing while a latency threshold is inside the CI.")
+@click.option("--strict-latency", is_flag=True, help="Fail a latency threshold the measurements cannot decide (default: pass it).")
+@click.option("--threads", default=0, help="Intra-op threads for timing (0 = runtime default).")
+@input_shape_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages or bars.")
+def gate_cmd(model, target, optimized, calib, data, labels, eval_limit, max_drop, min_fidelity, min_speedup, max_latency_ms, max_size_mb, json_path, junit_path, report_path, iters, latency_rounds, strict_latency, threads, input_shapes, seed, quiet):
+    """Exit 0 when MODEL, compiled for a target, meets every threshold; 1 when one fails; 2 on an error.
+
+    Latency thresholds pass when the 95% CI of interleaved paired runs lies on the good side, fail
+    when it lies on the bad side, and otherwise measure more rounds; still undecided, they pass
+    (or fail with --strict-latency).
+    """
+    from onnxopt import progress
+    from onnxopt.gate import Thresholds, run_gate, write_error_files
+    from onnxopt.inputs import parse_input_shapes
+
+    progress.set_quiet(quiet)
+    thresholds = Thresholds(max_drop, min_fidelity, min_speedup, max_latency_ms, max_size_mb)
+    try:
+        result = run_gate(
+            model,
+            target,
+            thresholds,
+            optimized=optimized,
+            calibration=calib,
+            data=data,
+            labels=labels,
+            input_shapes=parse_input_shapes(input_shapes),
+            iters=iters,
+            latency_rounds=latency_rounds,
+            strict_latency=strict_latency,
+            threads=threads,
+            seed=seed,
+            eval_limit=eval_limit,
+            log=_log(quiet),
+        )
+    except OnnxoptError as exc:
+        write_error_files(model, target, str(exc), json_path, junit_path)
+        raise
+    if json_path:
+        result.save_json(json_path)
+    if junit_path:
+        result.save_junit(junit_path)
+    if report_path:
+        result.report.save(report_path)
+    click.echo(result.summary())
+    sys.exit(0 if result.passed else 1)
 
 
 @main.command("passes")

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from onnxopt import progress
+
 
 @dataclass
 class LatencyStats:
@@ -56,6 +58,8 @@ class LatencyComparison:
     ci_low: float
     ci_high: float
     pairs: int
+    baseline_seconds: tuple[float, ...] = ()  # raw paired timings, so callers can pool rounds
+    candidate_seconds: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,9 +78,15 @@ def _time_once(run: Callable[[], Any]) -> float:
 
 
 def measure(run: Callable[[], Any], *, warmup: int = 5, iters: int = 50, batch: int = 1) -> LatencyStats:
-    for _ in range(warmup):
-        run()
-    return LatencyStats.from_samples([_time_once(run) for _ in range(max(iters, 1))], batch)
+    samples = []
+    with progress.task("profiling", total=warmup + max(iters, 1)) as advance:
+        for _ in range(warmup):
+            run()
+            advance()
+        for _ in range(max(iters, 1)):
+            samples.append(_time_once(run))
+            advance()
+    return LatencyStats.from_samples(samples, batch)
 
 
 def bootstrap_median_ci(values: np.ndarray, *, rounds: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -97,17 +107,20 @@ def compare(
     seed: int = 0,
 ) -> LatencyComparison:
     """Interleaved paired timing; the order inside each pair alternates to cancel warm-cache bias."""
-    for _ in range(warmup):
-        run_baseline()
-        run_candidate()
     base, cand = [], []
-    for i in range(max(iters, 2)):
-        if i % 2 == 0:
-            base.append(_time_once(run_baseline))
-            cand.append(_time_once(run_candidate))
-        else:
-            cand.append(_time_once(run_candidate))
-            base.append(_time_once(run_baseline))
+    with progress.task("profiling original vs optimized", total=warmup + max(iters, 2)) as advance:
+        for _ in range(warmup):
+            run_baseline()
+            run_candidate()
+            advance()
+        for i in range(max(iters, 2)):
+            if i % 2 == 0:
+                base.append(_time_once(run_baseline))
+                cand.append(_time_once(run_candidate))
+            else:
+                cand.append(_time_once(run_candidate))
+                base.append(_time_once(run_baseline))
+            advance()
     ratios = np.asarray(base) / np.maximum(np.asarray(cand), 1e-12)
     low, high = bootstrap_median_ci(ratios, seed=seed)
     return LatencyComparison(
@@ -117,24 +130,31 @@ def compare(
         ci_low=low,
         ci_high=high,
         pairs=len(ratios),
+        baseline_seconds=tuple(base),
+        candidate_seconds=tuple(cand),
     )
 
 
 def ort_profile_breakdown(profile_path: str, runs: int) -> list[dict[str, Any]]:
-    """Per-operator-type time from an onnxruntime profile JSON: ms per run, share, node count."""
+    """Per-operator-type time from an onnxruntime profile JSON: ms per run, share, node count.
+
+    Each node's time is the median over the profiled runs, so the cold first run (which the
+    profile always holds: profiling starts with the session) and a neighbour's burst do not
+    inflate one op type. `runs` is kept for callers; the medians need no count.
+    """
     with open(profile_path, encoding="utf-8") as handle:
         events = json.load(handle)
-    total_us: dict[str, float] = defaultdict(float)
-    nodes: dict[str, set] = defaultdict(set)
+    durations: dict[tuple[str, str], list[float]] = defaultdict(list)
     for event in events:
         if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
             continue
         op = event.get("args", {}).get("op_name", "?")
-        total_us[op] += float(event.get("dur", 0))
-        nodes[op].add(event["name"][: -len("_kernel_time")])
+        durations[(op, event["name"][: -len("_kernel_time")])].append(float(event.get("dur", 0)))
+    total_us: dict[str, float] = defaultdict(float)
+    nodes: dict[str, int] = defaultdict(int)
+    for (op, _node), values in durations.items():
+        total_us[op] += float(np.median(values))
+        nodes[op] += 1
     grand = sum(total_us.values()) or 1.0
-    rows = [
-        {"op_type": op, "ms_per_run": us / 1e3 / max(runs, 1), "share": us / grand, "nodes": len(nodes[op])}
-        for op, us in total_us.items()
-    ]
+    rows = [{"op_type": op, "ms_per_run": us / 1e3, "share": us / grand, "nodes": nodes[op]} for op, us in total_us.items()]
     return sorted(rows, key=lambda r: -r["ms_per_run"])

@@ -1,4 +1,8 @@
-"""CompileReport: what the compile did, how the model changed, how latency moved. JSON and text."""
+"""CompileReport: what the compile did, how the model changed, how latency moved. JSON and text.
+
+`save` picks the format by the file's suffix: .html (report_html: one self-contained page with
+charts), .md (report_md: a pull-request comment), anything else JSON.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ class CompileReport:
     version: str = ""
     trt_check: dict[str, Any] | None = None  # TensorRT readiness findings (trt-* targets)
     engine: dict[str, Any] | None = None  # the TensorRT engine: path, build, latency, layers
+    evaluation: dict[str, Any] | None = None  # onnxopt.evaluation.EvaluationResult.to_dict() on real data
+    gate: dict[str, Any] | None = None  # thresholds and verdicts when the report comes from `onnxopt gate`
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -66,6 +72,13 @@ class CompileReport:
                 f"speedup {lat['speedup']:.2f}x (95% CI {lat['ci95'][0]:.2f}-{lat['ci95'][1]:.2f}, {lat['pairs']} paired runs)"
             )
         lines.extend(self._tensorrt_lines())
+        if self.evaluation:
+            lines.append(f"fidelity on {self.evaluation['samples']} samples: cosine {self.evaluation['fidelity']:.6f}")
+            acc = self.evaluation.get("accuracy")
+            if acc:
+                lines.append(
+                    f"accuracy top-1 {acc['original']['top1'] * 100:.2f}% -> {acc['optimized']['top1'] * 100:.2f}% (drop {acc['drop_top1_pts']:+.2f} pts)"
+                )
         for w in self.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines)
@@ -103,6 +116,15 @@ class CompileReport:
         return lines
 
     def save(self, path: str | os.PathLike) -> Path:
+        suffix = Path(path).suffix.lower()
+        if suffix in (".html", ".htm"):
+            from onnxopt.report_html import render_html
+
+            return write_text_atomic(path, render_html(self))
+        if suffix in (".md", ".markdown"):
+            from onnxopt.report_md import render_markdown
+
+            return write_text_atomic(path, render_markdown(self))
         return write_text_atomic(path, self.to_json() + "\n")
 
 
