@@ -47,16 +47,17 @@ def test_bootstrap_ci_brackets_the_median():
     assert low < np.median(values) < high and high - low < 0.1
 
 
-def test_ort_profile_breakdown_parses_kernel_events(tmp_path):
-    events = [
-        {"cat": "Node", "name": "conv1_kernel_time", "dur": 300, "args": {"op_name": "Conv"}},
-        {"cat": "Node", "name": "conv2_kernel_time", "dur": 100, "args": {"op_name": "Conv"}},
-        {"cat": "Node", "name": "relu_kernel_time", "dur": 100, "args": {"op_name": "Relu"}},
-        {"cat": "Node", "name": "relu_fence_before", "dur": 999, "args": {"op_name": "Relu"}},
-        {"cat": "Session", "name": "model_run", "dur": 5000},
-    ]
+def test_ort_profile_breakdown_takes_per_node_medians(tmp_path):
+    """The cold first run (1000 us) must not inflate Conv: each node counts its median run."""
+    def kernel(node, op, dur):
+        return {"cat": "Node", "name": f"{node}_kernel_time", "dur": dur, "args": {"op_name": op}}
+
+    events = [kernel("conv1", "Conv", d) for d in (1000, 300, 300)]
+    events += [kernel("conv2", "Conv", 100) for _ in range(3)] + [kernel("relu", "Relu", 100) for _ in range(3)]
+    events += [{"cat": "Node", "name": "relu_fence_before", "dur": 999, "args": {"op_name": "Relu"}}]
+    events += [{"cat": "Session", "name": "model_run", "dur": 5000}]
     path = tmp_path / "p.json"
     path.write_text(json.dumps(events))
-    rows = ort_profile_breakdown(str(path), runs=2)
-    assert rows[0] == {"op_type": "Conv", "ms_per_run": 0.2, "share": 0.8, "nodes": 2}
+    rows = ort_profile_breakdown(str(path), runs=3)
+    assert rows[0] == {"op_type": "Conv", "ms_per_run": pytest.approx(0.4), "share": pytest.approx(0.8), "nodes": 2}
     assert rows[1]["op_type"] == "Relu" and rows[1]["share"] == pytest.approx(0.2)
