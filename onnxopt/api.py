@@ -138,7 +138,8 @@ def compile(
     verifier = None
     if mode != "off":
         verifier = Verifier(original, ctx, rtol=float(verify_cfg.get("rtol", 1e-4)), atol=float(verify_cfg.get("atol", 1e-5)))
-    instruments = [CheckerInstrument(original)]
+    # Per-pass checks cost an export each; end to end (the default) checks the final model only.
+    instruments = [CheckerInstrument(original)] if mode == "each" else []
     if mode == "each" and verifier is not None:
         instruments.append(VerifyEachInstrument(verifier, original))
 

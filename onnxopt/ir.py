@@ -120,10 +120,11 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
 def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
     """Run onnx.checker; a failure becomes ModelInvalidError with the checker's first line."""
     _check_opset(model)
+    size = model.ByteSize()
     try:
-        if model.ByteSize() > EXTERNAL_DATA_THRESHOLD and path is not None:
+        if size > EXTERNAL_DATA_THRESHOLD and path is not None:
             onnx.checker.check_model(str(path))
-        elif model.ByteSize() <= PROTOBUF_LIMIT:
+        elif size <= PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -26,6 +26,7 @@ from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pas
 @dataclass
 class ShapeInferenceConfig:
     symbolic: bool = option(True, "also run onnxruntime's symbolic shape inference when dims are symbolic")
+    symbolic_timeout: float = option(5.0, "seconds allowed for symbolic inference before onnx's result is kept")
     skeleton_bytes: int = option(1 << 20, "initializers larger than this are replaced by typed inputs while inferring, to keep memory low")
 
 
@@ -75,7 +76,7 @@ class ShapeInference(Pass):
             ctx.warn(f"onnx shape inference failed: {str(exc).splitlines()[0]}")
             inferred = model
         if self.config.symbolic and _has_unknown_dims(inferred):
-            inferred = _symbolic_inference(inferred, ctx)
+            inferred = _symbolic_inference(inferred, ctx, self.config.symbolic_timeout)
         infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
         tensors = graph.tensors()
         updated = 0
@@ -95,15 +96,14 @@ class ShapeInference(Pass):
 
 
 def _has_unknown_dims(model: onnx.ModelProto) -> bool:
-    known = {vi.name for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    """True when onnx's inference left some produced tensor without a shape: symbolic inference's job."""
+    known = {
+        vi.name
+        for vi in list(model.graph.value_info) + list(model.graph.output)
+        if vi.type.tensor_type.HasField("shape")
+    }
     produced = {o for n in model.graph.node for o in n.output if o}
-    if produced - known:
-        return True
-    return any(
-        d.dim_param or not d.HasField("dim_value")
-        for vi in model.graph.input
-        for d in vi.type.tensor_type.shape.dim
-    )
+    return bool(produced - known)
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,14 +120,46 @@ def _symbolic_engine():
     return module.SymbolicShapeInference
 
 
-def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+def _symbolic_worker(model_bytes: bytes, conn) -> None:
+    """Child process: run ORT's symbolic inference and send back the model, or the error text."""
     try:
-        SymbolicShapeInference = _symbolic_engine()
+        model = onnx.load_from_string(model_bytes)
+        inferred = _symbolic_engine().infer_shapes(model, auto_merge=True, guess_output_rank=False) or model
+        conn.send(("ok", inferred.SerializeToString()))
+    except Exception as exc:  # symbolic inference gives up on many custom graphs
+        conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+    finally:
+        conn.close()
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False) or model
-    except Exception as exc:  # symbolic inference gives up on many custom graphs; onnx's result stands
-        ctx.warn(f"symbolic shape inference skipped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext, timeout: float) -> onnx.ModelProto:
+    """ORT's symbolic inference under a time limit: its sympy simplification can take minutes
+    (Resize chains in detection models), and onnx's result is a fine answer when it does."""
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_symbolic_worker, args=(model.SerializeToString(), child), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            ctx.warn(f"symbolic shape inference skipped: it took over {timeout:g} s (raise shape-inference.symbolic_timeout)")
+            return model
+        status, payload = parent.recv()
+    except EOFError:
+        ctx.warn("symbolic shape inference skipped: its worker process died")
         return model
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        parent.close()
+    if status != "ok":
+        ctx.warn(f"symbolic shape inference skipped: {payload}")
+        return model
+    return onnx.load_from_string(payload)
 
 
 @dataclass
