@@ -160,7 +160,7 @@ class _RemoveNeutral(_RemoveNoop):
                 return index
             if rank is None or values.ndim > rank:
                 continue
-            dims = list(x.shape)[rank - values.ndim:]
+            dims = list(x.shape)[rank - values.ndim:] if x.shape is not None else [None] * values.ndim
             if all(c == 1 or (isinstance(d, (int, np.integer)) and c == d) for c, d in zip(values.shape, dims)):
                 return index
         return None

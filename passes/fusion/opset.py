@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import defs, version_converter
 
 from onnxopt.graphs import export_model, import_graph, iter_graphs
+from onnxopt.passes.fusion.rules import rank_of
 from onnxopt.pipeline import PassContext
 
 # (op, since_version) of schema changes that keep every older model's meaning: new types or new
@@ -68,8 +70,8 @@ def _last_axis_softmax_to_minus_one(graph: gs.Graph) -> None:
     the converter's opset-13 adapter keeps such a node as it is instead of wrapping it in reshapes."""
     for sub in iter_graphs(graph):
         for node in sub.nodes:
-            if node.op in SOFTMAX_FAMILY and node.inputs and node.inputs[0].shape is not None:
-                rank = len(node.inputs[0].shape)
+            if node.op in SOFTMAX_FAMILY and node.inputs:
+                rank = rank_of(node.inputs[0])
                 if rank and int(node.attrs.get("axis", 1)) == rank - 1:
                     node.attrs["axis"] = -1
 
@@ -91,11 +93,24 @@ def raise_opset(graph: gs.Graph, version: int, ctx: PassContext) -> bool:
     except Exception as exc:  # the converter raises bare RuntimeErrors for unsupported adapters
         ctx.warn(f"opset {old} -> {version} not possible ({type(exc).__name__}); fusions needing it skipped")
         return False
-    count = lambda m: Counter(n.op_type for n in m.graph.node)  # noqa: E731
+    count = lambda m: Counter(n.op_type for n in m.graph.node if n.op_type != "Constant")  # noqa: E731
     if count(converted) != count(model):
         ctx.warn(f"opset {old} -> {version} would restructure the graph; fusions needing it skipped")
         return False
     fresh = import_graph(converted)
+    _constant_nodes_to_initializers(fresh)
     graph.__dict__.clear()
     graph.__dict__.update(fresh.__dict__)
     return True
+
+
+def _constant_nodes_to_initializers(graph: gs.Graph) -> None:
+    """Adapters write attributes that became inputs (Squeeze axes, ...) as Constant nodes."""
+    for sub in iter_graphs(graph):
+        for node in sub.nodes:
+            value = node.attrs.get("value") if node.op == "Constant" else None
+            if isinstance(value, gs.Constant) and len(node.outputs) == 1:
+                out = node.outputs[0]
+                node.outputs.clear()
+                out.to_constant(np.asarray(value.values))
+        sub.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=False)
