@@ -66,7 +66,7 @@ def eliminate_common_subexpressions(graph: gs.Graph) -> int:
     merged = 0
     graph.toposort(recurse_subgraphs=False)
     for node in list(graph.nodes):
-        if node.op in NONDETERMINISTIC_OPS or has_subgraph(node) or not node.outputs:
+        if node.op in NONDETERMINISTIC_OPS or has_subgraph(node) or not node.outputs or not all(t.name for t in node.outputs):
             continue
         try:
             key = keys.node(node)
