@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.errors import ConfigError
 from onnxopt.graphs import bypass, const_value, export_model, iter_graphs, node_count, replace_uses
 from onnxopt.instruments import NONDETERMINISTIC_OPS
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
@@ -26,8 +27,10 @@ from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pas
 @dataclass
 class ShapeInferenceConfig:
     symbolic: bool = option(True, "also run onnxruntime's symbolic shape inference when dims are symbolic")
-    symbolic_timeout: float = option(5.0, "seconds allowed for symbolic inference before onnx's result is kept")
     skeleton_bytes: int = option(1 << 20, "initializers larger than this are replaced by typed inputs while inferring, to keep memory low")
+    symbolic_timeout: float = option(5.0, "seconds allowed for symbolic inference before onnx's result is kept")
+    symbolic_only_for_shape_ops: bool = option(False, "skip the (slow) symbolic engine when no Shape/Size node is left for it to resolve")
+    refresh: bool = option(False, "replace earlier inferred shapes by this run's when at least as specific (after folding, symbols like 'batch' reach further)")
 
 
 def _dims(type_proto: onnx.TypeProto) -> list | None:
@@ -70,12 +73,17 @@ class ShapeInference(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         model = self._skeleton(graph)
+        if self.config.refresh:
+            del model.graph.value_info[:]  # infer from the inputs afresh, not from stale annotations
         try:
             inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
         except Exception as exc:
             ctx.warn(f"onnx shape inference failed: {str(exc).splitlines()[0]}")
             inferred = model
-        if self.config.symbolic and _has_unknown_dims(inferred):
+        wanted = self.config.symbolic and not (
+            self.config.symbolic_only_for_shape_ops and not any(n.op_type in ("Shape", "Size") for n in model.graph.node)
+        )
+        if wanted and _has_unknown_dims(inferred):
             inferred = _symbolic_inference(inferred, ctx, self.config.symbolic_timeout)
         infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
         tensors = graph.tensors()
@@ -89,10 +97,18 @@ class ShapeInference(Pass):
             if tensor.dtype is None and elem:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
                 updated += 1
-            if _more_specific(dims, tensor.shape):
+            if _more_specific(dims, tensor.shape) or (self.config.refresh and _as_specific(dims, tensor.shape) and dims != list(tensor.shape)):
                 tensor.shape = dims
                 updated += 1
         return PassResult(changed=updated > 0, stats={"tensors_annotated": updated})
+
+
+def _as_specific(new: list | None, old) -> bool:
+    """Same rank and at least as many fixed dims (symbol names may differ)."""
+    if new is None or old is None or len(new) != len(old):
+        return False
+    fixed = lambda dims: sum(isinstance(d, int) for d in dims)  # noqa: E731
+    return None not in new and fixed(new) >= fixed(old)
 
 
 def _has_unknown_dims(model: onnx.ModelProto) -> bool:
@@ -121,12 +137,20 @@ def _symbolic_engine():
 
 
 def _symbolic_worker(model_bytes: bytes, conn) -> None:
-    """Child process: run ORT's symbolic inference and send back the model, or the error text."""
+    """Child process: run ORT's symbolic inference, keeping partial results, and send back the model.
+
+    Its `infer_shapes` entry point saves `sym_shape_infer_temp.onnx` into the current folder when
+    incomplete, so the engine is driven step by step instead (private ORT calls).
+    """
     try:
         model = onnx.load_from_string(model_bytes)
-        inferred = _symbolic_engine().infer_shapes(model, auto_merge=True, guess_output_rank=False) or model
-        conn.send(("ok", inferred.SerializeToString()))
-    except Exception as exc:  # symbolic inference gives up on many custom graphs
+        engine = _symbolic_engine()(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+        engine._preprocess(model)
+        while engine.run_:
+            engine._infer_impl()
+        engine._update_output_from_vi()
+        conn.send(("ok", (engine.out_mp_ or model).SerializeToString()))
+    except Exception as exc:  # symbolic inference gives up on many custom graphs; onnx's result stands
         conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
     finally:
         conn.close()
@@ -169,6 +193,10 @@ class ConstantFoldingConfig:
         ("QuantizeLinear", "DequantizeLinear"), "op types never folded (Q/DQ must stay for int8 runtimes)"
     )
     fold_shapes: bool = option(True, "fold Shape nodes whose input shape is statically known")
+    partitioning: str = option(
+        "auto", "none: one onnxruntime run over all constant nodes (fast); basic: one run per partition, which survives ops "
+        "onnxruntime cannot evaluate (slow on big graphs); auto: none, falling back to basic if that run fails"
+    )
 
 
 @register_pass
@@ -183,15 +211,25 @@ class ConstantFolding(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = node_count(graph)
         keep = set(self.config.keep_ops) | NONDETERMINISTIC_OPS
-        graph.fold_constants(
+        fold = lambda partitioning, error_ok: graph.fold_constants(  # noqa: E731
             fold_shapes=self.config.fold_shapes,
             recurse_subgraphs=True,
-            partitioning="basic",
-            error_ok=True,
+            partitioning=partitioning,
+            error_ok=error_ok,
             flatten_subgraphs=False,
             size_threshold=self.config.max_folded_bytes,
             should_exclude_node=lambda node: node.op in keep,
         )
+        mode = self.config.partitioning
+        if mode not in ("auto", "none", "basic"):
+            raise ConfigError(f"constant-folding.partitioning: {mode!r} is not one of auto, none, basic")
+        if mode == "auto":
+            try:  # a failed run raises before it replaces anything; what it did before is exact
+                fold(None, False)
+            except Exception:
+                fold("basic", True)
+        else:
+            fold(None if mode == "none" else "basic", True)
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True).toposort()
         after = node_count(graph)
         return PassResult(changed=after != before, stats={"nodes_folded": before - after})

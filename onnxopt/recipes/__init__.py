@@ -51,7 +51,7 @@ def parse_recipe(text: str, where: str) -> dict[str, Any]:
         recipe = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit", "structural_after", "engine"}
+    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit", "structural_before", "engine"}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
@@ -95,15 +95,16 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ..
 def insert_structural_passes(recipe: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Add lossy structural passes (pruning, depthwise substitution) from CLI flags to any recipe.
 
-    They go right after the recipe's `structural_after` pass (cleanup by default): after weights
-    are constants and shapes known, before fusion folds BatchNormalization (whose scales pruning
-    reads) and before quantization, so the order is substitute, prune, fuse, quantize.
+    They go right before the recipe's `structural_before` pass (`fusion` by default): after
+    cleanup made weights constants and shapes known, before fusion folds BatchNormalization (whose
+    scales pruning reads) and before quantization, so the order is substitute, prune, fuse,
+    quantize. A recipe without that pass gets them at its end.
     """
     if not entries:
         return recipe
     recipe = copy.deepcopy(recipe)
-    anchor = recipe.get("structural_after", "dedup-initializers")
+    anchor = recipe.get("structural_before", "fusion")
     names = [p["name"] for p in recipe["passes"]]
-    at = names.index(anchor) + 1 if anchor in names else 0
+    at = names.index(anchor) if anchor in names else len(names)
     recipe["passes"][at:at] = [dict(e) for e in entries]
     return recipe

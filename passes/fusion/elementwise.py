@@ -1,0 +1,87 @@
+"""Elementwise arithmetic with constants made cheaper: Div by a constant becomes Mul by its
+reciprocal, and two constant Adds (or Muls) in a row become one.
+
+`x / c == x * (1/c)` up to one rounding of `1/c` (float tolerance; exact for powers of two), and
+Mul is cheaper and folds further (into a Conv, or with a neighbouring Mul). `(x + a) + b ==
+x + (a + b)` and `(x * a) * b == x * (a * b)` up to float rounding; the broadcast shape of the
+result is the same either way. Only float tensors; Div refuses constants with zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, other_input, remove
+from onnxopt.pipeline import register_pass
+
+
+class DivByConstantToMul(Rule):
+    """x / c -> x * (1/c) for a float constant c without zeros."""
+
+    pattern = ("Div",)
+
+    def check(self, div):
+        values = self.const(div.inputs[1])
+        return is_float(values) and self.const(div.inputs[0]) is None and bool(np.all(values != 0))
+
+    def rewrite(self, div):
+        values = self.const(div.inputs[1])
+        div.op = "Mul"
+        div.inputs[1] = self.new_const(f"{div.inputs[1].name}_reciprocal", (1.0 / values.astype(np.float64)).astype(values.dtype))
+
+
+class _MergeConstantChain(Rule):
+    """(x op a) op b -> x op (a op b), op commutative and associative."""
+
+    def _parts(self, first, second):
+        a = [t for t in first.inputs if self.const(t) is not None]
+        b = other_input(second, first.outputs[0])
+        if len(first.inputs) != 2 or len(a) != 1 or b is None:
+            return None
+        x = other_input(first, a[0])
+        a_val, b_val = self.const(a[0]), self.const(b)
+        if not (is_float(a_val) and is_float(b_val)) or a_val.dtype != b_val.dtype or self.const(x) is not None:
+            return None
+        return x, a_val, b_val
+
+    def check(self, first, second):
+        return self._parts(first, second) is not None
+
+    def rewrite(self, first, second):
+        x, a_val, b_val = self._parts(first, second)
+        combined = self.combine(a_val.astype(np.float64), b_val.astype(np.float64)).astype(a_val.dtype)
+        second.inputs.clear()
+        second.inputs.extend([x, self.new_const(f"{second.name}_constant", combined)])
+        remove(first)
+
+
+class MergeAdds(_MergeConstantChain):
+    """(x + a) + b -> x + (a + b)."""
+
+    pattern = ("Add", "Add")
+
+    @staticmethod
+    def combine(a, b):
+        return a + b
+
+
+class MergeMuls(_MergeConstantChain):
+    """(x * a) * b -> x * (a * b)."""
+
+    pattern = ("Mul", "Mul")
+
+    @staticmethod
+    def combine(a, b):
+        return a * b
+
+
+ELEMENTWISE_RULES = (DivByConstantToMul, MergeAdds, MergeMuls)
+
+
+@register_pass
+class SimplifyArithmetic(RulePass):
+    """Div by a constant to Mul; merge consecutive constant Adds and Muls."""
+
+    name = "simplify-arithmetic"
+    description = "Div by constant to Mul by reciprocal; (x+a)+b and (x*a)*b with constants merged"
+    rules = ELEMENTWISE_RULES
