@@ -35,7 +35,7 @@ import onnx
 
 from onnxopt import profiling
 from onnxopt.errors import BackendError, ConfigError
-from onnxopt.ir import needs_external_data, save_model
+from onnxopt.ir import needs_external_data, save_model, write_bytes_atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
 Range = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
@@ -92,24 +92,6 @@ def timing_cache_path(setting: str, version: str) -> Path | None:
         return Path(setting).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "onnxopt" / "tensorrt"
     return base / f"timing-{version}.cache"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Temporary file in the same folder, fsync, rename: a reader never sees half an engine."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # --- availability and the CUDA binding -----------------------------------------------------------

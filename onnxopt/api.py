@@ -12,7 +12,6 @@ import onnx
 from onnxopt import __version__
 from onnxopt.calibration import open_calibration
 from onnxopt.errors import ConfigError, TargetNotAvailableError, VerificationError
-from onnxopt.evaluation import output_difference, outputs_match
 from onnxopt.graphs import export_model, import_graph
 from onnxopt.inputs import input_specs, random_feeds
 from onnxopt.inspection import model_summary

@@ -415,8 +415,6 @@ def _size_mb(model: onnx.ModelProto) -> float:
 
 def write_error_files(model: Any, target: str, error: str, json_path=None, junit_path=None) -> None:
     """When the gate cannot run (exit 2), CI still gets files that say why."""
-    import json
-
     name = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:
         _write_error_files(name, target, error, json_path, junit_path)

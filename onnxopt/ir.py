@@ -231,6 +231,30 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
     return path
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Temporary file in the same folder, fsync, rename: a reader never sees half a file.
+
+    The file gets the permissions a plain open() would give (mkstemp's are owner-only).
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def _clear_external_markers(model: onnx.ModelProto) -> None:
     for tensor in iter_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.HasField("raw_data"):

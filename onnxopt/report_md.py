@@ -143,7 +143,7 @@ def _artifact(value: Any) -> list[str]:
         for record in value:
             columns += [k for k in record if k not in columns]
         rows = [[_num(r.get(c), 4) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c)) for c in columns] for r in value[:30]]
-        more = [f"", f"{len(value) - 30} more rows in the JSON report."] if len(value) > 30 else []
+        more = ["", f"{len(value) - 30} more rows in the JSON report."] if len(value) > 30 else []
         return _table(columns, rows) + more
     if isinstance(value, dict):
         return _table(["key", "value"], [[k, _num(v, 4) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)] for k, v in value.items()])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
