@@ -17,7 +17,7 @@ from onnxopt.graphs import export_model, import_graph
 from onnxopt.inputs import input_specs, random_feeds
 from onnxopt.inspection import model_summary
 from onnxopt.instruments import CheckerInstrument, Verifier, VerifyEachInstrument
-from onnxopt.ir import check_model, load_model, save_model
+from onnxopt.ir import check_model, load_model, nonfinite_tensors, save_model
 from onnxopt.pipeline import PassContext, PassManager, build_passes
 from onnxopt.recipes import apply_overrides, insert_structural_passes, load_recipe_file, load_target
 from onnxopt.report import CompileReport
@@ -116,6 +116,10 @@ def compile(
     ctx = PassContext(
         target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed, options=dict(options or {})
     )
+    nonfinite = nonfinite_tensors(original)
+    if nonfinite:
+        names = ", ".join(nonfinite[:5]) + (f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else "")
+        ctx.warn(f"weights {names} hold NaN or Inf values; outputs that depend on them will be NaN or Inf")
     specs = input_specs(original, ctx.input_shapes, ctx.warnings)
     before = model_summary(original, input_shapes=ctx.input_shapes)
 

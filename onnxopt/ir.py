@@ -20,6 +20,7 @@ import onnx.external_data_helper as exdata
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
+from onnxopt.validation import nonfinite_tensors, validate_graph  # noqa: F401 (re-exported)
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
@@ -111,23 +112,28 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"{name} is not an ONNX model (protobuf parse failed: {exc})") from None
+        raise ModelLoadError(f"{name} is not an ONNX model (protobuf parse failed: {exc}); is it truncated or another kind of file?") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ModelLoadError(f"{name} is not an ONNX model (no IR version or graph); is the file truncated?")
     return model
 
 
 def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
-    """Run onnx.checker; a failure becomes ModelInvalidError with the checker's first line."""
+    """Our structural, shape and size checks, then onnx.checker; a failure is a ModelInvalidError."""
     _check_opset(model)
+    validate_graph(model)
     try:
         if model.ByteSize() > EXTERNAL_DATA_THRESHOLD and path is not None:
             onnx.checker.check_model(str(path))
         elif model.ByteSize() <= PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelInvalidError(f"invalid ONNX model: {first}") from None
+        raise ModelInvalidError(f"invalid ONNX model: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bool = True) -> onnx.ModelProto:
@@ -169,11 +175,11 @@ def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bo
         # The path-based checker resolves external data itself; run it before we inline the data.
         has_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(model.graph))
         if has_external:
+            validate_graph(model)
             try:
                 onnx.checker.check_model(str(path))
             except (onnx.checker.ValidationError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelInvalidError(f"invalid ONNX model: {first}") from None
+                raise ModelInvalidError(f"invalid ONNX model: {_first_line(exc)}") from None
         else:
             check_model(model)
     try:
