@@ -140,7 +140,10 @@ def compile(
     after = model_summary(optimized, input_shapes=ctx.input_shapes)
 
     latency, breakdown = None, None
-    if profile and emit != "onnx":
+    ungeneratable = [f"{s.name} ({s.dtype})" for s in specs if s.dtype.kind not in "fiub"]
+    if profile and emit != "onnx" and ungeneratable:
+        ctx.warn(f"profiling skipped: onnxopt cannot generate data for input(s) {', '.join(ungeneratable)}")
+    elif profile and emit != "onnx":
         say("profiling original vs optimized (interleaved)")
         latency, breakdown = _profile(recipe_dict, original, optimized, specs, seed, profile_iters, threads, op_breakdown)
 

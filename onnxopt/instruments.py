@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.errors import BackendError, ModelInvalidError, PassError, VerificationError
+from onnxopt.errors import BackendError, ConfigError, ModelInvalidError, PassError, VerificationError
 from onnxopt.evaluation import output_difference, outputs_match
 from onnxopt.graphs import export_model
 from onnxopt.inputs import input_specs, random_feeds
@@ -57,7 +57,7 @@ class Verifier:
         try:
             self.feeds = random_feeds(input_specs(original, ctx.input_shapes, ctx.warnings), seed=ctx.seed)
             self.reference = run_model(original, self.feeds)
-        except (BackendError, ModelInvalidError) as exc:
+        except (BackendError, ModelInvalidError, ConfigError) as exc:  # ConfigError: inputs we cannot generate (strings)
             self.skipped = str(exc)
         if self.skipped:
             ctx.warn(f"numeric verification skipped: {self.skipped}")

@@ -20,7 +20,7 @@ import onnx.external_data_helper as exdata
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
-from onnxopt.validation import nonfinite_tensors, validate_graph  # noqa: F401 (re-exported)
+from onnxopt.validation import nonfinite_tensors, validate_shapes, validate_structure  # noqa: F401 (re-exported)
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
@@ -119,9 +119,9 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
 
 
 def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
-    """Our structural, shape and size checks, then onnx.checker; a failure is a ModelInvalidError."""
+    """Our structural checks, onnx.checker, then our shape and size checks; a failure is a ModelInvalidError."""
     _check_opset(model)
-    validate_graph(model)
+    validate_structure(model)
     try:
         if model.ByteSize() > EXTERNAL_DATA_THRESHOLD and path is not None:
             onnx.checker.check_model(str(path))
@@ -129,6 +129,7 @@ def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise ModelInvalidError(f"invalid ONNX model: {_first_line(exc)}") from None
+    validate_shapes(model)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -175,11 +176,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bo
         # The path-based checker resolves external data itself; run it before we inline the data.
         has_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(model.graph))
         if has_external:
-            validate_graph(model)
+            validate_structure(model)
             try:
                 onnx.checker.check_model(str(path))
             except (onnx.checker.ValidationError, ValueError) as exc:
                 raise ModelInvalidError(f"invalid ONNX model: {_first_line(exc)}") from None
+            validate_shapes(model)
         else:
             check_model(model)
     try:

@@ -236,18 +236,43 @@ def _check_domains(graph: onnx.GraphProto, imported: set[str]) -> None:
             _check_domains(sub, imported)
 
 
-def validate_graph(model: onnx.ModelProto, memory_limit: int | None = None) -> None:
-    """Structure, strict shape inference, channel and size checks; raises ModelInvalidError."""
+def validate_structure(model: onnx.ModelProto) -> None:
+    """Domains and graph structure; runs before onnx.checker so these errors name the culprit."""
     imported = {"" if o.domain == "ai.onnx" else o.domain for o in model.opset_import}
     imported |= {f.domain for f in model.functions}
     _check_domains(model.graph, imported)
     check_structure(model.graph)
+
+
+def _onnxruntime_loads(model: onnx.ModelProto) -> bool | None:
+    """Whether onnxruntime accepts the model's types and shapes; None when it lacks one of its ops."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return True
+    except Exception as exc:
+        return None if "is not a registered function/op" in str(exc) else False
+
+
+def validate_shapes(model: onnx.ModelProto, memory_limit: int | None = None) -> None:
+    """Strict shape inference, channel and size checks on a checker-valid model; raises ModelInvalidError."""
     skeleton = weightless_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        text = " ".join(str(exc).split()).replace("[ShapeInferenceError] Inference error(s): ", "")
-        raise ModelInvalidError(f"invalid ONNX model: shapes or types do not fit together: {text[:400]}") from None
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+        if _onnxruntime_loads(skeleton) is False:
+            text = " ".join(str(exc).split()).replace("[ShapeInferenceError] Inference error(s): ", "")
+            raise ModelInvalidError(f"invalid ONNX model: shapes or types do not fit together: {text[:400]}") from None
+        # onnx's strict inference also fails on some valid models (e.g. MeanVarianceNormalization, whose
+        # function body it cannot infer); onnxruntime loading the model is the tie-breaker.
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+        except Exception:
+            inferred = skeleton
     shapes = _static_shapes(inferred)
     shapes.update({k: v for k, v in _static_shapes(model).items() if k not in shapes})
     _check_channels(model, shapes)
