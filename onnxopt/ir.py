@@ -234,7 +234,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
                 handle.write(model.SerializeToString())
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.replace(staged_model, path)
+        try:
+            os.replace(staged_model, path)
+        except BaseException:  # interrupted between the two renames: a data file without its model is litter
+            if use_external:
+                (folder / data_name).unlink(missing_ok=True)
+            raise
     return path
 
 
