@@ -25,7 +25,7 @@ import onnx
 
 from onnxopt.errors import ModelInvalidError
 
-SKELETON_BYTES = 1 << 20  # initializers above this are replaced by typed inputs while inferring shapes
+SKELETON_BYTES = 1 << 10  # initializers above this become typed inputs in the weightless copy (shape constants are far smaller)
 _CHUNK = 1 << 22
 
 
@@ -134,7 +134,7 @@ def _check_order(graph, reads, producer, defined, where) -> None:
     )
 
 
-def _nbytes(tensor: onnx.TensorProto) -> int:
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     count = int(np.prod(tensor.dims, dtype=np.float64))
     try:
         size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
@@ -156,7 +156,7 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.sparse_initializer.extend(model.graph.sparse_initializer)
     declared = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL or _nbytes(init) > SKELETON_BYTES:
+        if init.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(init) > SKELETON_BYTES:
             if init.name not in declared:
                 graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         else:
@@ -236,8 +236,26 @@ def _check_domains(graph: onnx.GraphProto, imported: set[str]) -> None:
             _check_domains(sub, imported)
 
 
+def _check_text(message, where: str = "the model") -> None:
+    """Every string field must be valid UTF-8; protobuf hands back bytes for corrupt ones, which break
+    every tool downstream. Tensor payloads are skipped (reading them would copy the weights)."""
+    if isinstance(message, onnx.TensorProto):
+        fields = [(fd, v) for fd, v in ((message.DESCRIPTOR.fields_by_name[n], getattr(message, n)) for n in ("name", "doc_string"))]
+        fields += [(message.DESCRIPTOR.fields_by_name["external_data"], message.external_data)]
+    else:
+        fields = message.ListFields()
+    for fd, value in fields:
+        values = value if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else [value]
+        for item in values:
+            if fd.message_type is not None:
+                _check_text(item, where)
+            elif fd.type == fd.TYPE_STRING and isinstance(item, bytes):
+                raise ModelInvalidError(f"a {fd.name} field in {where} is not valid UTF-8 text ({item[:40]!r}); the file is corrupt")
+
+
 def validate_structure(model: onnx.ModelProto) -> None:
     """Domains and graph structure; runs before onnx.checker so these errors name the culprit."""
+    _check_text(model)
     imported = {"" if o.domain == "ai.onnx" else o.domain for o in model.opset_import}
     imported |= {f.domain for f in model.functions}
     _check_domains(model.graph, imported)

@@ -59,7 +59,7 @@ class ShapeInference(Pass):
         """The model with large weights replaced by typed inputs: same shapes, a fraction of the memory."""
         skeleton = graph.copy()
         for tensor in list(skeleton.tensors().values()):
-            if isinstance(tensor, gs.Constant) and tensor.values.nbytes > self.config.skeleton_bytes:
+            if isinstance(tensor, gs.Constant) and _const_nbytes(tensor) > self.config.skeleton_bytes:
                 stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
                 replace_uses(skeleton, tensor, stand_in)
                 skeleton.inputs.append(stand_in)
@@ -90,6 +90,11 @@ class ShapeInference(Pass):
                 tensor.shape = dims
                 updated += 1
         return PassResult(changed=updated > 0, stats={"tensors_annotated": updated})
+
+
+def _const_nbytes(tensor: gs.Constant) -> int:
+    """Size from shape and dtype: reading `.values` would load (and keep) lazily imported weights."""
+    return int(np.prod(tensor.shape, dtype=np.int64)) * np.dtype(tensor.dtype).itemsize
 
 
 def _has_unknown_dims(model: onnx.ModelProto) -> bool:
@@ -206,15 +211,24 @@ class DedupInitializers(Pass):
         merged = 0
         saved = 0
         for sub in iter_graphs(graph):
-            seen: dict[tuple, gs.Constant] = {}  # per graph: a subgraph's constant is invisible to its siblings
-            for tensor in list(sub.tensors().values()):
-                if not isinstance(tensor, gs.Constant) or id(tensor) in protected:
-                    continue
-                values = const_value(tensor)
-                key = (values.dtype.str, values.shape, hashlib.blake2b(values.tobytes(), digest_size=16).digest())
-                first = seen.setdefault(key, tensor)
-                if first is not tensor and tensor.outputs:
-                    replace_uses(sub, tensor, first)
-                    merged += 1
-                    saved += values.nbytes
+            # per graph: a subgraph's constant is invisible to its siblings. Only constants that share
+            # dtype and shape with another are read, so unique weights are never loaded.
+            groups: dict[tuple, list[gs.Constant]] = {}
+            for tensor in sub.tensors().values():
+                if isinstance(tensor, gs.Constant) and id(tensor) not in protected:
+                    groups.setdefault((np.dtype(tensor.dtype).str, tuple(tensor.shape)), []).append(tensor)
+            for candidates in groups.values():
+                seen: dict[bytes, gs.Constant] = {}
+                for tensor in candidates if len(candidates) > 1 else ():
+                    first = seen.setdefault(_digest(tensor), tensor)
+                    if first is not tensor and tensor.outputs:
+                        replace_uses(sub, tensor, first)
+                        merged += 1
+                        saved += _const_nbytes(tensor)
         return PassResult(changed=merged > 0, stats={"merged": merged, "bytes_saved": saved})
+
+
+def _digest(tensor: gs.Constant) -> bytes:
+    """A hash of the values; lazily imported weights are read once and not kept in memory."""
+    values = tensor._values.load() if isinstance(tensor._values, gs.ir.tensor.LazyValues) else const_value(tensor)
+    return hashlib.blake2b(np.ascontiguousarray(values), digest_size=16).digest()  # hashes the buffer, no copy

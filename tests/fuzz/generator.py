@@ -295,7 +295,10 @@ def op_concat_split(b: Builder) -> bool:
     axis = b.draw(st.sampled_from(_axes(x)))
     neg = b.draw(st.booleans())
     if b.draw(st.booleans()):
-        peers = [v for v in b.pool if v.dtype == x.dtype and v.rank == x.rank and all(v.shape[i] == x.shape[i] for i in range(x.rank) if i != axis)]
+        peers = [
+            v for v in b.pool
+            if v.dtype == x.dtype and v.rank == x.rank and v.shape[axis] != N and all(v.shape[i] == x.shape[i] for i in range(x.rank) if i != axis)
+        ]
         other = b.draw(st.sampled_from(peers))
         shape = list(x.shape)
         shape[axis] = x.shape[axis] + other.shape[axis]
@@ -408,7 +411,9 @@ def op_cast(b: Builder) -> bool:
     x = b.pick(lambda v: v.is_float)
     if x is None:
         return False
-    via = b.draw(st.sampled_from([TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.FLOAT]))
+    # not via DOUBLE: onnxruntime 1.32 loses Cast(double)->Cast(float) outputs read only inside an If
+    # branch ("Missing Input"), with its optimizations disabled; an upstream bug, not ours
+    via = b.draw(st.sampled_from([TensorProto.FLOAT16, TensorProto.FLOAT]))
     mid = b.node("Cast", [x.name], to=via)[0]
     b.add(Value(b.node("Cast", [mid], to=TensorProto.FLOAT)[0], x.dtype, x.shape))
     return True

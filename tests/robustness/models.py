@@ -74,3 +74,47 @@ def slow_model(blocks: int = 300, width: int = 64) -> onnx.ModelProto:
         prev = f"t{i}"
     graph = helper.make_graph(nodes, "slow", [tensor("x", ["N", width])], [tensor(prev, ["N", width])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def write_big_model(folder, weights: int = 3, rows: int = 4096, cols: int = 45_000, chunk_rows: int = 256):
+    """`weights` float32 [rows, cols] MatMul weights in one external-data file, written in chunks so
+    the test never holds more than a chunk of them; returns (model path, total weight bytes).
+
+    y = x @ W0 + x @ W1 + ...; W_k[r, c] = ((r * 7 + c * 3 + k) % 17 - 8) / 256, exact in float32.
+    """
+    from pathlib import Path
+
+    folder = Path(folder)
+    data_name = "weights.bin"
+    tensors, offset = [], 0
+    with open(folder / data_name, "wb") as handle:
+        for k in range(weights):
+            for start in range(0, rows, chunk_rows):
+                r = np.arange(start, min(start + chunk_rows, rows))[:, None]
+                c = np.arange(cols)[None, :]
+                handle.write((((r * 7 + c * 3 + k) % 17 - 8) / 256).astype(np.float32).tobytes())
+            length = rows * cols * 4
+            t = onnx.TensorProto()
+            t.name, t.data_type = f"w{k}", onnx.TensorProto.FLOAT
+            t.dims.extend([rows, cols])
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            tensors.append(t)
+            offset += length
+    nodes = [helper.make_node("Identity", ["x"], ["x_id"])]
+    terms = []
+    for k in range(weights):
+        nodes.append(helper.make_node("MatMul", ["x_id", f"w{k}"], [f"m{k}"]))
+        terms.append(f"m{k}")
+    total = terms[0]
+    for k, term in enumerate(terms[1:]):
+        nodes.append(helper.make_node("Add", [total, term], [f"s{k}"]))
+        total = f"s{k}"
+    nodes.append(helper.make_node("Relu", [total], ["y"]))
+    graph = helper.make_graph(nodes, "big", [tensor("x", ["N", rows])], [tensor("y", ["N", cols])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "big.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, offset
