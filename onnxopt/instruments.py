@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import BackendError, ConfigError, ModelInvalidError, PassError, VerificationError
 from onnxopt.evaluation import output_difference, outputs_match
-from onnxopt.graphs import export_model, iter_graphs
+from onnxopt.graphs import constant_nbytes, export_model, iter_graphs
 from onnxopt.inputs import input_specs, random_feeds
 from onnxopt.ir import model_size_bytes
 from onnxopt.pipeline import Instrument, Pass, PassContext, PassRecord
@@ -48,13 +47,7 @@ class CheckerInstrument(Instrument):
 
 
 def _constant_bytes(graph: gs.Graph) -> int:
-    """Weight bytes from shapes and dtypes, without loading lazily imported values."""
-    return sum(
-        int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
-        for sub in iter_graphs(graph)
-        for t in sub.tensors().values()
-        if isinstance(t, gs.Constant)
-    )
+    return sum(constant_nbytes(t) for sub in iter_graphs(graph) for t in sub.tensors().values() if isinstance(t, gs.Constant))
 
 
 class Verifier:

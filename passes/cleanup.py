@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graphs import bypass, const_value, export_model, iter_graphs, node_count, replace_uses
+from onnxopt.graphs import bypass, const_value, constant_nbytes, export_model, iter_graphs, node_count, replace_uses
 from onnxopt.instruments import NONDETERMINISTIC_OPS
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 
@@ -59,7 +59,7 @@ class ShapeInference(Pass):
         """The model with large weights replaced by typed inputs: same shapes, a fraction of the memory."""
         skeleton = graph.copy()
         for tensor in list(skeleton.tensors().values()):
-            if isinstance(tensor, gs.Constant) and _const_nbytes(tensor) > self.config.skeleton_bytes:
+            if isinstance(tensor, gs.Constant) and constant_nbytes(tensor) > self.config.skeleton_bytes:
                 stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
                 replace_uses(skeleton, tensor, stand_in)
                 skeleton.inputs.append(stand_in)
@@ -90,11 +90,6 @@ class ShapeInference(Pass):
                 tensor.shape = dims
                 updated += 1
         return PassResult(changed=updated > 0, stats={"tensors_annotated": updated})
-
-
-def _const_nbytes(tensor: gs.Constant) -> int:
-    """Size from shape and dtype: reading `.values` would load (and keep) lazily imported weights."""
-    return int(np.prod(tensor.shape, dtype=np.int64)) * np.dtype(tensor.dtype).itemsize
 
 
 def _has_unknown_dims(model: onnx.ModelProto) -> bool:
@@ -216,7 +211,7 @@ class DedupInitializers(Pass):
             groups: dict[tuple, list[gs.Constant]] = {}
             for tensor in sub.tensors().values():
                 if isinstance(tensor, gs.Constant) and id(tensor) not in protected:
-                    groups.setdefault((np.dtype(tensor.dtype).str, tuple(tensor.shape)), []).append(tensor)
+                    groups.setdefault((str(tensor.dtype), tuple(tensor.shape)), []).append(tensor)
             for candidates in groups.values():
                 seen: dict[bytes, gs.Constant] = {}
                 for tensor in candidates if len(candidates) > 1 else ():
@@ -224,7 +219,7 @@ class DedupInitializers(Pass):
                     if first is not tensor and tensor.outputs:
                         replace_uses(sub, tensor, first)
                         merged += 1
-                        saved += _const_nbytes(tensor)
+                        saved += constant_nbytes(tensor)
         return PassResult(changed=merged > 0, stats={"merged": merged, "bytes_saved": saved})
 
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 import onnxopt
 from onnxopt.errors import ModelInvalidError
-from onnxopt.graphs import import_graph
+from onnxopt.graphs import export_model, import_graph
 from onnxopt.ir import load_model
 from onnxopt.pipeline import PassContext, get_pass
 from tests.conftest import assert_same_outputs, init, make_model, tensor
@@ -113,3 +113,25 @@ def test_cycle_through_if_branch_is_reported_as_cycle():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ModelInvalidError, match="has a cycle"):
         load_model(model)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.INT4, TensorProto.FLOAT16])
+def test_weights_of_types_numpy_lacks_survive(dtype):
+    """Sizing constants by np.dtype(tensor.dtype) crashed on bfloat16/float8 (gs reports them as onnx
+    type numbers). Two identical copies also exercise dedup."""
+    weights = [helper.make_tensor(name, dtype, [4, 600], np.ones(2400).tolist()) for name in ("w", "w_copy")]
+    nodes = [
+        helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["w_copy"], ["wf2"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "wf"], ["s"]),
+        helper.make_node("Add", ["s", "wf2"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [4, 600])], [tensor("y", [4, 600])], weights, opset=21)
+    result = onnxopt.compile(model, profile=False)  # folds the Casts, then merges the two folded copies
+    assert result.report.verification["ok"] is True and len(result.model.graph.initializer) == 1
+    assert_same_outputs(model, result.model)
+    graph = import_graph(model)
+    assert get_pass("dedup-initializers")().run(graph, PassContext()).stats["merged"] == 1
+    deduped = export_model(graph, model)
+    assert [(i.name, i.data_type) for i in deduped.graph.initializer] == [("w", dtype)]
+    assert_same_outputs(model, deduped)
