@@ -411,10 +411,10 @@ def op_cast(b: Builder) -> bool:
     x = b.pick(lambda v: v.is_float)
     if x is None:
         return False
-    # not via DOUBLE: onnxruntime 1.32 loses Cast(double)->Cast(float) outputs read only inside an If
-    # branch ("Missing Input"), with its optimizations disabled; an upstream bug, not ours
-    via = b.draw(st.sampled_from([TensorProto.FLOAT16, TensorProto.FLOAT]))
-    mid = b.node("Cast", [x.name], to=via)[0]
+    # Only the float16 round trip: onnxruntime 1.32 loses the output of Cast(float->double)->Cast(double->float)
+    # or of two float->float Casts when only an If branch reads it ("Missing Input"), even with its
+    # optimizations off; an upstream bug, not ours (tests/fuzz/test_regressions.py records it).
+    mid = b.node("Cast", [x.name], to=TensorProto.FLOAT16)[0]
     b.add(Value(b.node("Cast", [mid], to=TensorProto.FLOAT)[0], x.dtype, x.shape))
     return True
 

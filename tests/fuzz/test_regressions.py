@@ -135,3 +135,21 @@ def test_weights_of_types_numpy_lacks_survive(dtype):
     deduped = export_model(graph, model)
     assert [(i.name, i.data_type) for i in deduped.graph.initializer] == [("w", dtype)]
     assert_same_outputs(model, deduped)
+
+
+def test_onnxruntime_cast_chain_into_if_branch_skips_verification():
+    """Found by the fuzzer: onnxruntime 1.32 cannot run Cast->Cast (same type) whose output only an
+    If branch reads ("Missing Input"), an upstream bug. onnxopt must still compile such a valid
+    model, with verification skipped and said so, and leave the graph's meaning alone."""
+    branch = lambda name: helper.make_graph(  # noqa: E731
+        [helper.make_node("Relu", ["c2"], [name])], name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)]
+    )
+    nodes = [
+        helper.make_node("Cast", ["x"], ["c1"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["c1"], ["c2"], to=TensorProto.FLOAT),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch("t"), else_branch=branch("e")),
+    ]
+    model = make_model(nodes, [tensor("x", ["N", 1]), tensor("cond", [], TensorProto.BOOL)], [tensor("y", ["N", 1])])
+    result = onnxopt.compile(model, profile=False)
+    assert "Missing Input" in result.report.verification["skipped"]
+    assert [n.op_type for n in result.model.graph.node][-1] == "If"
