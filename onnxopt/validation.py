@@ -3,11 +3,13 @@
 onnx.checker catches much, but says "nodes must be topologically sorted" for a cycle, a dangling
 input and an unsorted graph alike, and accepts a Conv whose weight does not fit its input (the
 model then fails deep inside onnxruntime) or a tensor that could never fit in memory. These
-checks run first and name the node and tensor at fault:
+checks name the node and tensor at fault:
 
-- structure: every tensor produced once, every input produced somewhere, no cycle, nodes in order;
-- shapes: onnx's strict shape inference on a weightless copy of the model (stale value_info and
-  declared output shapes are dropped first, as onnxruntime ignores them too), plus the channel
+- structure (before onnx.checker): valid UTF-8 text, imported domains, every tensor produced once,
+  every input produced somewhere, no cycle, nodes in order;
+- shapes (after it): onnx's strict shape inference on a weightless copy of the model (stale
+  value_info and declared output shapes are dropped first, as onnxruntime ignores them too; where
+  onnx fails but onnxruntime loads the model, onnx is wrong and the model passes), plus the channel
   checks onnx leaves out (Conv/ConvTranspose weights and biases against their input);
 - size: no tensor with a static shape larger than this machine's memory.
 
@@ -240,8 +242,8 @@ def _check_text(message, where: str = "the model") -> None:
     """Every string field must be valid UTF-8; protobuf hands back bytes for corrupt ones, which break
     every tool downstream. Tensor payloads are skipped (reading them would copy the weights)."""
     if isinstance(message, onnx.TensorProto):
-        fields = [(fd, v) for fd, v in ((message.DESCRIPTOR.fields_by_name[n], getattr(message, n)) for n in ("name", "doc_string"))]
-        fields += [(message.DESCRIPTOR.fields_by_name["external_data"], message.external_data)]
+        by_name = message.DESCRIPTOR.fields_by_name
+        fields = [(by_name[n], getattr(message, n)) for n in ("name", "doc_string", "external_data")]
     else:
         fields = message.ListFields()
     for fd, value in fields:
