@@ -17,7 +17,7 @@ _LONG = os.environ.get("ONNXOPT_FUZZ_EXAMPLES")
 
 settings.register_profile(
     "onnxopt-fuzz",
-    max_examples=int(_LONG) if _LONG else 30,
+    max_examples=int(_LONG) if _LONG else 50,
     derandomize=not _LONG,
     database=None if not _LONG else settings.default.database,
     deadline=None,

@@ -97,14 +97,14 @@ def compile_or_onnxopt_error(source, model_for_ort: onnx.ModelProto | None):
         return None
 
 
-@fuzz_settings(40)
+@fuzz_settings(100)
 @given(models(max_ops=6), st.sampled_from(MUTATIONS), st.data())
 def test_mutated_models_compile_or_fail_cleanly(case, kind, data):
     mutated = mutate(case[0], kind, data.draw)
     compile_or_onnxopt_error(mutated, mutated)
 
 
-@fuzz_settings(30)
+@fuzz_settings(60)
 @given(models(max_ops=4), st.data())
 def test_damaged_bytes_compile_or_fail_cleanly(case, data):
     raw = bytearray(case[0].SerializeToString())

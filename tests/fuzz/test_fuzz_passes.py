@@ -34,7 +34,7 @@ def test_registry_has_exact_passes():
     assert {"shape-inference", "constant-folding", "remove-identity", "dead-code-elimination"} <= set(EXACT_PASSES)
 
 
-@fuzz_settings(30)
+@fuzz_settings(100)
 @given(models())
 def test_every_exact_pass_keeps_outputs(case):
     model, batched = case
@@ -44,7 +44,7 @@ def test_every_exact_pass_keeps_outputs(case):
         assert_equivalent(refs, out, f"pass {name}")
 
 
-@fuzz_settings(25)
+@fuzz_settings(60)
 @given(models())
 def test_ort_fp32_recipe_keeps_outputs(case):
     model, batched = case
@@ -55,3 +55,29 @@ def test_ort_fp32_recipe_keeps_outputs(case):
     assert result.report.verification.get("ok") is True
     assert_equivalent(refs, result.model, "ort-fp32")
     assert len(result.model.graph.node) <= len(model.graph.node)
+
+
+def test_harness_catches_a_pass_that_changes_outputs(monkeypatch):
+    """The differential check can fail: a registered 'exact' pass that flips one weight's sign is caught."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    from onnxopt import pipeline
+    from tests.robustness.models import rich_model
+
+    class FlipWeight(pipeline.Pass):
+        name = "test-flip-weight"
+        exact = True
+
+        def run(self, graph, ctx):
+            weight = graph.tensors()["gamma"]
+            assert isinstance(weight, gs.Constant)
+            weight.values = -np.asarray(weight.values)
+            return pipeline.PassResult(changed=True)
+
+    monkeypatch.setitem(pipeline._REGISTRY, FlipWeight.name, FlipWeight)
+    model = rich_model()
+    refs = reference_outputs(model, batched=True)
+    out, _ = apply_exact_pass(FlipWeight.name, model)
+    with pytest.raises(AssertionError, match="differs by"):
+        assert_equivalent(refs, out, "flip")
