@@ -105,10 +105,24 @@ def _has_unknown_dims(model: onnx.ModelProto) -> bool:
 
 
 def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+    """onnxruntime's symbolic inference, driven the way its infer_shapes() does, except that on an
+    incomplete result infer_shapes() saves sym_shape_infer_temp.onnx (and weights under a random
+    name) into the user's current directory."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False) or model
+        if (get_opset(model) or 0) < 7:
+            return model
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+        inference._preprocess(model)
+        complete = False
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+        if not complete:
+            ctx.warn("symbolic shape inference skipped: incomplete")
+            return model
+        return inference.out_mp_
     except Exception as exc:  # symbolic inference gives up on many custom graphs; onnx's result stands
         ctx.warn(f"symbolic shape inference skipped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return model

@@ -153,3 +153,20 @@ def test_onnxruntime_cast_chain_into_if_branch_skips_verification():
     result = onnxopt.compile(model, profile=False)
     assert "Missing Input" in result.report.verification["skipped"]
     assert [n.op_type for n in result.model.graph.node][-1] == "If"
+
+
+def test_incomplete_symbolic_inference_leaves_no_file_in_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's SymbolicShapeInference.infer_shapes() saves sym_shape_infer_temp.onnx into the
+    current directory when it cannot finish (here: a custom op after a dynamic dim); the user's
+    folder filled with it on every such compile."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Swish", ["r"], ["y"], domain="com.acme")],
+        "g",
+        [tensor("x", ["N", 3])],
+        [tensor("y", ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)])
+    monkeypatch.chdir(tmp_path)
+    result = onnxopt.compile(model, profile=False)
+    assert "symbolic shape inference skipped: incomplete" in result.report.warnings
+    assert list(tmp_path.iterdir()) == []

@@ -127,7 +127,7 @@ def future_opset(folder):
 
 def custom_domain_declared(folder):
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["i"]), helper.make_node("Swish", ["i"], ["y"], domain="com.acme")]
-    return write(folder, model_of(nodes, [tensor("x", [1, 3])], [tensor("y", [1, 3])], domains=["com.acme"])), []
+    return write(folder, model_of(nodes, [tensor("x", ["N", 3])], [tensor("y", ["N", 3])], domains=["com.acme"])), []
 
 
 def custom_domain_undeclared(folder):
@@ -263,6 +263,7 @@ def _run_case(root: Path, name: str):
         text=True,
         timeout=120,
         env={**os.environ, "TMPDIR": str(tmp)},
+        cwd=folder,  # litter in the working directory shows up in the listing too
     )
     return proc, before, sorted(os.listdir(folder)) + _leftovers(tmp), folder
 

@@ -32,11 +32,13 @@ def test_byte_identical_output_across_processes(tmp_path):
     for run, hashseed in ((1, "1"), (2, "12345")):  # different hash seeds: no set or dict order may leak into the output
         out = tmp_path / f"out{run}.onnx"
         args = [sys.executable, "-m", "onnxopt.cli", "compile", str(path), "-o", str(out), "--calib", str(calib), "--seed", "7", "--no-profile", "-q"]
-        procs.append((out, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONHASHSEED": hashseed})))
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
+        procs.append((out, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)))
     outputs = []
     for out, proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+    assert sorted(os.listdir(tmp_path)) == ["calib.npz", "out1.onnx", "out2.onnx", "rich.onnx"]
     assert len(onnx.load_from_string(outputs[0]).graph.node) < len(rich_model().graph.node)
