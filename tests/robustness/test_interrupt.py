@@ -32,6 +32,7 @@ def test_sigint_mid_compile_leaves_nothing(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(tmp)},
+        cwd=work,
     )
     progress = []
     while True:  # wait until the passes are running, then interrupt
