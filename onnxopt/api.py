@@ -17,6 +17,7 @@ from onnxopt.inputs import input_specs, random_feeds
 from onnxopt.inspection import model_summary
 from onnxopt.instruments import CheckerInstrument, Verifier, VerifyEachInstrument
 from onnxopt.ir import check_model, load_model, save_model
+from onnxopt.validation import nonfinite_tensors
 from onnxopt.pipeline import PassContext, PassManager, build_passes
 from onnxopt.recipes import apply_overrides, insert_structural_passes, load_recipe_file, load_target
 from onnxopt.report import CompileReport
@@ -131,6 +132,10 @@ def compile(
     ctx = PassContext(
         target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed, options=dict(options or {})
     )
+    nonfinite = nonfinite_tensors(original)
+    if nonfinite:
+        names = ", ".join(nonfinite[:5]) + (f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else "")
+        ctx.warn(f"weights {names} hold NaN or Inf values; outputs that depend on them will be NaN or Inf")
     specs = input_specs(original, ctx.input_shapes, ctx.warnings)
     before = model_summary(original, input_shapes=ctx.input_shapes)
 
@@ -156,7 +161,10 @@ def compile(
         trt_check = _check_tensorrt(optimized, recipe_dict, input_ranges, shapes, ctx)
 
     latency, breakdown = None, None
-    if profile and emit != "onnx" and backend_name == "ort":
+    ungeneratable = [f"{s.name} ({s.dtype})" for s in specs if s.dtype.kind not in "fiub"]
+    if profile and emit != "onnx" and backend_name == "ort" and ungeneratable:
+        ctx.warn(f"profiling skipped: onnxopt cannot generate data for input(s) {', '.join(ungeneratable)}")
+    elif profile and emit != "onnx" and backend_name == "ort":
         say("profiling original vs optimized (interleaved)")
         latency, breakdown = _profile(recipe_dict, original, optimized, specs, seed, profile_iters, threads, op_breakdown)
 

@@ -23,11 +23,17 @@ from onnxopt.inputs import InputSpec, input_specs, random_feeds
 Feeds = dict[str, np.ndarray]
 
 
+def _unreadable(path: Path, kind: str, exc: Exception) -> CalibrationError:
+    if "pickle" in str(exc) or "Python objects" in str(exc):
+        return CalibrationError(f"{path}: not a readable {kind}: it holds pickled Python objects, which onnxopt never loads; save plain numeric arrays")
+    return CalibrationError(f"{path}: not a readable {kind} ({exc})")
+
+
 def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
-        raise CalibrationError(f"{path}: not a readable .npy array ({exc})") from None
+        raise _unreadable(path, ".npy array", exc) from None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -35,7 +41,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError) as exc:
-        raise CalibrationError(f"{path}: not a readable .npz archive ({exc})") from None
+        raise _unreadable(path, ".npz archive", exc) from None
 
 
 class CalibrationData:
@@ -45,8 +51,9 @@ class CalibrationData:
     index a bad sample came from.
     """
 
-    def __init__(self, factory: Callable[[], Iterator[tuple[str, Feeds]]], count: int | None, specs: list[InputSpec] | None = None, limit: int | None = None, description: str = ""):
+    def __init__(self, factory: Callable[[], Iterator[tuple[str, Feeds]]], count: int | None, specs: list[InputSpec] | None = None, limit: int | None = None, description: str = "", fixed_dims: dict | None = None):
         self._factory = factory
+        self.fixed_dims = fixed_dims or {}  # per input, the dims the model fixes (None where symbolic)
         self._count = count
         self.specs = specs
         self.limit = limit
@@ -68,10 +75,10 @@ class CalibrationData:
             yield self._check(origin, feeds) if self.specs else feeds
 
     def take(self, n: int) -> "CalibrationData":
-        return CalibrationData(self._factory, self._count, self.specs, n if self.limit is None else min(n, self.limit), self.description)
+        return CalibrationData(self._factory, self._count, self.specs, n if self.limit is None else min(n, self.limit), self.description, self.fixed_dims)
 
     def for_model(self, model: onnx.ModelProto, input_shapes: dict | None = None) -> "CalibrationData":
-        return CalibrationData(self._factory, self._count, input_specs(model, input_shapes), self.limit, self.description)
+        return CalibrationData(self._factory, self._count, input_specs(model, input_shapes), self.limit, self.description, _fixed_dims(model))
 
     def _check(self, origin: str, feeds: Any) -> Feeds:
         if not isinstance(feeds, dict):
@@ -95,8 +102,21 @@ class CalibrationData:
                     raise CalibrationError(f"{origin}: input {spec.name} has dtype {value.dtype}, the model wants {spec.dtype}")
             if value.ndim != len(spec.shape):
                 raise CalibrationError(f"{origin}: input {spec.name} has shape {value.shape}, the model wants rank {len(spec.shape)} like {spec.shape}")
+            fixed = self.fixed_dims.get(spec.name, ())
+            if any(want is not None and want != got for want, got in zip(fixed, value.shape)):
+                wanted = "x".join("?" if d is None else str(d) for d in fixed)
+                raise CalibrationError(f"{origin}: input {spec.name} has shape {'x'.join(map(str, value.shape))}, the model wants {wanted}")
             checked[spec.name] = np.ascontiguousarray(value)
         return checked
+
+
+def _fixed_dims(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Per input, the dims the model fixes (None where a dim is symbolic)."""
+    dims = {}
+    for vi in model.graph.input:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim)
+    return dims
 
 
 def _folder_source(folder: Path) -> CalibrationData:
@@ -219,6 +239,8 @@ def open_calibration(source: Any, model: onnx.ModelProto | None = None, *, limit
     if model is not None:
         data = data.for_model(model, input_shapes)
         data = _name_single_inputs(data)
+        if isinstance(source, (str, os.PathLike)):
+            next(iter(data.take(1)), None)  # a wrong file fails now, not deep inside a pass (files re-read cheaply)
     return data
 
 
@@ -235,4 +257,4 @@ def _name_single_inputs(data: CalibrationData) -> CalibrationData:
                 feeds = {specs[0].name: feeds["__single__"]}
             yield origin, feeds
 
-    return CalibrationData(factory, data._count, specs, data.limit, data.description)
+    return CalibrationData(factory, data._count, specs, data.limit, data.description, data.fixed_dims)

@@ -62,6 +62,9 @@ input_shape_option = click.option(
 @click.version_option(__version__, prog_name="onnxopt")
 def main() -> None:
     """onnxopt: optimize ONNX models for ONNX Runtime and TensorRT, and report speed, size and accuracy."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(4)  # ORT's own log lines (e.g. in constant folding) would break the one-line errors
 
 
 @main.command("compile")

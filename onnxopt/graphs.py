@@ -159,6 +159,12 @@ def has_subgraph(node: gs.Node) -> bool:
     )
 
 
+def constant_nbytes(tensor: gs.Constant) -> int:
+    """A constant's size without loading it: `.values` would read (and keep) a lazily imported weight.
+    gs's LazyValues knows its size, also for types numpy lacks (bfloat16, float8)."""
+    return int(tensor._values.nbytes)
+
+
 def make_const(name: str, value: np.ndarray) -> gs.Constant:
     return gs.Constant(name, np.ascontiguousarray(value))
 

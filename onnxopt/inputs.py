@@ -92,7 +92,10 @@ def input_specs(
         ttype = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
             raise ModelInvalidError(f"input {vi.name!r} is not a tensor; only tensor inputs are supported")
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type))
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise ModelInvalidError(f"input {vi.name!r} has element type {ttype.elem_type}, which is not a valid ONNX tensor type") from None
         if vi.name in input_shapes:
             shape = input_shapes[vi.name]
             declared = ttype.shape.dim

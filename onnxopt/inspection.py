@@ -9,6 +9,7 @@ import onnx
 from onnxopt.costs import graph_costs, op_histogram
 from onnxopt.graphs import export_model, import_graph, node_count
 from onnxopt.inputs import graph_inputs, input_specs
+from onnxopt.ir import model_size_bytes
 
 
 def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def model_summary(
         "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "size_bytes": model.ByteSize(),
+        "size_bytes": model_size_bytes(model),
         "ops": op_histogram(model),
     }
     graph = import_graph(model)

@@ -20,6 +20,7 @@ import onnx.external_data_helper as exdata
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
+from onnxopt.validation import SKELETON_BYTES, tensor_nbytes, validate_shapes, validate_structure, weightless_copy
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
@@ -111,24 +112,30 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"{name} is not an ONNX model (protobuf parse failed: {exc})") from None
+        raise ModelLoadError(f"{name} is not an ONNX model (protobuf parse failed: {exc}); is it truncated or another kind of file?") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ModelLoadError(f"{name} is not an ONNX model (no IR version or graph); is the file truncated?")
     return model
 
 
 def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
-    """Run onnx.checker; a failure becomes ModelInvalidError with the checker's first line."""
+    """Our structural checks, onnx.checker, then our shape and size checks; a failure is a ModelInvalidError."""
     _check_opset(model)
-    size = model.ByteSize()
+    validate_structure(model)
+    size = model_size_bytes(model)
     try:
         if size > EXTERNAL_DATA_THRESHOLD and path is not None:
             onnx.checker.check_model(str(path))
         elif size <= PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelInvalidError(f"invalid ONNX model: {first}") from None
+        raise ModelInvalidError(f"invalid ONNX model: {_first_line(exc)}") from None
+    validate_shapes(model)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bool = True) -> onnx.ModelProto:
@@ -170,11 +177,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bo
         # The path-based checker resolves external data itself; run it before we inline the data.
         has_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(model.graph))
         if has_external:
+            validate_structure(model)
             try:
                 onnx.checker.check_model(str(path))
             except (onnx.checker.ValidationError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ModelInvalidError(f"invalid ONNX model: {first}") from None
+                raise ModelInvalidError(f"invalid ONNX model: {_first_line(exc)}") from None
+            validate_shapes(model)
         else:
             check_model(model)
     try:
@@ -186,7 +194,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bo
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    return model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 @contextlib.contextmanager
@@ -213,21 +221,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
         staged_model = staging / path.name
         if use_external:
             data_name = path.name + ".data"
-            exdata.convert_model_to_external_data(
-                model, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
-            )
-            try:
-                onnx.save_model(model, str(staged_model))
-            finally:
-                exdata.load_external_data_for_model(model, str(staging))
-                _clear_external_markers(model)
+            _write_with_external_data(model, staged_model, staging / data_name, data_name)
             os.replace(staging / data_name, folder / data_name)
         else:
             with open(staged_model, "wb") as handle:
                 handle.write(model.SerializeToString())
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.replace(staged_model, path)
+        try:
+            os.replace(staged_model, path)
+        except BaseException:  # interrupted between the two renames: a data file without its model is litter
+            if use_external:
+                (folder / data_name).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -255,13 +261,71 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+EXTERNAL_MIN_BYTES = 1024
+_ALIGN = 4096  # page-aligned offsets let onnxruntime map the weights instead of copying them
+
+
+def _copy_fields(src, dst, skip: tuple[str, ...] = ()) -> None:
+    """Copy every set field of a protobuf message except `skip` (works for fields added later too)."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        target = getattr(dst, fd.name)
+        if hasattr(target, "extend") and not isinstance(target, (str, bytes)):
+            target.extend(value)
+        elif fd.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _write_with_external_data(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
+    """Weights of the top-level initializers go to one data file, the rest to the model file.
+
+    The in-memory model is only read: onnx's convert-then-reload round trip would replace every
+    raw_data buffer, and protobuf's arena keeps the old ones until the model dies (a 2 GB model grew
+    by 2 GB per save). One tensor's bytes are in flight at a time.
+    """
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip=("graph",))
+    _copy_fields(model.graph, light.graph, skip=("initializer",))
+    with open(data_path, "wb") as data:
+        for init in model.graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(init) < EXTERNAL_MIN_BYTES:
+                light.graph.initializer.append(init)
+                continue
+            payload = init.raw_data if init.HasField("raw_data") else onnx.numpy_helper.to_array(init).tobytes()
+            offset = data.tell()
+            padding = -offset % _ALIGN
+            data.write(b"\0" * padding)
+            data.write(payload)
+            stub = light.graph.initializer.add()
+            _copy_fields(init, stub, skip=("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data", "data_location", "external_data"))
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset + padding)), ("length", str(len(payload)))):
+                entry = stub.external_data.add()
+                entry.key, entry.value = key, value
+            del payload
+        data.flush()
+        os.fsync(data.fileno())
+    with open(model_path, "wb") as handle:
+        handle.write(light.SerializeToString())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _clear_external_markers(model: onnx.ModelProto) -> None:
     for tensor in iter_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.HasField("raw_data"):
-            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.ClearField("data_location")
             del tensor.external_data[:]
+        elif tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")  # onnx's loader sets the default explicitly; keep saves byte-stable
 
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size including tensors (what lands on disk, weights included)."""
-    return model.ByteSize()
+    """Serialized size including tensors (what lands on disk, weights included), to within a few bytes
+    per large initializer. ModelProto.ByteSize() serializes the whole model to count it: a transient
+    copy of every weight and seconds per call on a 2 GB model."""
+    large = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and tensor_nbytes(t) > SKELETON_BYTES]
+    return weightless_copy(model).ByteSize() + sum(tensor_nbytes(t) + len(t.name) + 16 for t in large)

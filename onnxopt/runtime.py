@@ -42,7 +42,9 @@ def session_options(
         raise BackendError(f"unknown graph optimization level {opt_level!r}; use one of {', '.join(OPT_LEVELS)}")
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[opt_level]
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures reach the user once, as our one-line errors, not as ORT log lines too
+    if opt_level == "disable":  # plain runs (verification): weight prepacking is a transient second copy of every weight
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         so.intra_op_num_threads = threads
     if not spinning:

@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError
-from onnxopt.graphs import bypass, const_value, export_model, iter_graphs, node_count, replace_uses
+from onnxopt.graphs import bypass, const_value, constant_nbytes, export_model, iter_graphs, node_count, replace_uses
 from onnxopt.instruments import NONDETERMINISTIC_OPS
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 
@@ -65,7 +65,7 @@ class ShapeInference(Pass):
         """The model with large weights replaced by typed inputs: same shapes, a fraction of the memory."""
         skeleton = graph.copy()
         for tensor in list(skeleton.tensors().values()):
-            if isinstance(tensor, gs.Constant) and tensor.values.nbytes > self.config.skeleton_bytes:
+            if isinstance(tensor, gs.Constant) and constant_nbytes(tensor) > self.config.skeleton_bytes:
                 stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
                 replace_uses(skeleton, tensor, stand_in)
                 skeleton.inputs.append(stand_in)
@@ -292,15 +292,24 @@ class DedupInitializers(Pass):
         merged = 0
         saved = 0
         for sub in iter_graphs(graph):
-            seen: dict[tuple, gs.Constant] = {}  # per graph: a subgraph's constant is invisible to its siblings
-            for tensor in list(sub.tensors().values()):
-                if not isinstance(tensor, gs.Constant) or id(tensor) in protected:
-                    continue
-                values = const_value(tensor)
-                key = (values.dtype.str, values.shape, hashlib.blake2b(values.tobytes(), digest_size=16).digest())
-                first = seen.setdefault(key, tensor)
-                if first is not tensor and tensor.outputs:
-                    replace_uses(sub, tensor, first)
-                    merged += 1
-                    saved += values.nbytes
+            # per graph: a subgraph's constant is invisible to its siblings. Only constants that share
+            # dtype and shape with another are read, so unique weights are never loaded.
+            groups: dict[tuple, list[gs.Constant]] = {}
+            for tensor in sub.tensors().values():
+                if isinstance(tensor, gs.Constant) and id(tensor) not in protected:
+                    groups.setdefault((str(tensor.dtype), tuple(tensor.shape)), []).append(tensor)
+            for candidates in groups.values():
+                seen: dict[bytes, gs.Constant] = {}
+                for tensor in candidates if len(candidates) > 1 else ():
+                    first = seen.setdefault(_digest(tensor), tensor)
+                    if first is not tensor and tensor.outputs:
+                        replace_uses(sub, tensor, first)
+                        merged += 1
+                        saved += constant_nbytes(tensor)
         return PassResult(changed=merged > 0, stats={"merged": merged, "bytes_saved": saved})
+
+
+def _digest(tensor: gs.Constant) -> bytes:
+    """A hash of the values; lazily imported weights are read once and not kept in memory."""
+    values = tensor._values.load() if isinstance(tensor._values, gs.ir.tensor.LazyValues) else const_value(tensor)
+    return hashlib.blake2b(np.ascontiguousarray(values), digest_size=16).digest()  # hashes the buffer, no copy
