@@ -430,10 +430,11 @@ def refit_layers(
     return results
 
 
-def input_grams(model: onnx.ModelProto, nodes: list[gs.Node], data: Iterable[Feeds], *, rows_per_sample: int = 512, seed: int = 0) -> dict[int, np.ndarray]:
-    """Centered Gram matrix (X - mean)^T (X - mean) / rows of each layer's input rows (im2col for a
-    Conv), keyed by id(node): the curvature of the layer's output error in its weights, which
-    tells how much removing an input costs once the others compensate (OBS, Hassibi 1993)."""
+def input_grams(model: onnx.ModelProto, nodes: list[gs.Node], data: Iterable[Feeds], *, rows_per_sample: int = 512, seed: int = 0, centered: bool = True) -> dict[int, np.ndarray]:
+    """Gram matrix X^T X / rows of each layer's input rows (im2col for a Conv; about the mean when
+    `centered`), keyed by id(node): the curvature of the layer's output error in its weights.
+    It tells how much removing an input costs once the others compensate (OBS, Hassibi 1993),
+    and E||dW x||^2 = tr(dW G dW^T) for any weight change dW (uncentered G)."""
     names = list(dict.fromkeys(n.inputs[0].name for n in nodes))
     if not names:
         return {}
@@ -452,5 +453,5 @@ def input_grams(model: onnx.ModelProto, nodes: list[gs.Node], data: Iterable[Fee
         s = stats[id(node)]
         if s.rows:
             mean = s.x_sum / s.rows
-            grams[id(node)] = s.xtx / s.rows - np.outer(mean, mean)
+            grams[id(node)] = s.xtx / s.rows - (np.outer(mean, mean) if centered else 0.0)
     return grams

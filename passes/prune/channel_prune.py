@@ -20,10 +20,9 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.costs import graph_costs, node_macs
+from onnxopt.costs import concrete_costs
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.graphs import export_model
-from onnxopt.inputs import input_specs
 from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
 from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
 from onnxopt.passes.prune.removal import remove_channels
@@ -32,7 +31,7 @@ from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams,
 from onnxopt.pipeline import Pass, PassContext, PassResult, get_pass, option, register_pass
 
 DEFAULT_RATIO = 0.3
-DEFAULT_CRITERION = "activation"  # best measured on the Fashion-MNIST CNN and EfficientNet-Lite0 (benchmarks/results/prune.md)
+DEFAULT_CRITERION = "obs"  # best measured with reconstruction on the Fashion-MNIST CNN (benchmarks/results/prune.md)
 
 
 @dataclass
@@ -65,19 +64,6 @@ def _check_config(cfg: ChannelPruneConfig) -> None:
         raise ConfigError("channel-prune: min_channels and round_to must be at least 1")
 
 
-def concrete_costs(graph: gs.Graph, ctx: PassContext) -> tuple[dict, dict[int, int]]:
-    """Model costs and each node's MACs at concrete shapes: dynamic input dims take the values
-    verification and profiling use (--input-shape where given, else 1 for a batch)."""
-    copy = graph.copy()
-    shapes = {spec.name: spec.shape for spec in input_specs(export_model(graph), ctx.input_shapes)}
-    for tensor in copy.inputs:
-        if tensor.name in shapes:
-            tensor.shape = list(shapes[tensor.name])
-    get_pass("shape-inference")().run(copy, PassContext(input_shapes=dict(ctx.input_shapes)))
-    per_node = {id(orig): node_macs(twin) or 0 for orig, twin in zip(graph.nodes, copy.nodes)}
-    return graph_costs(copy), per_node
-
-
 def _features(dim) -> int:
     """Input features of a consumer: channels times kernel positions."""
     weight = dim.node.inputs[dim.index]
@@ -108,7 +94,7 @@ class ChannelPrune(Pass):
         cfg = self.config
         _check_config(cfg)
         get_pass("shape-inference")().run(graph, ctx)
-        before, node_macs_at = concrete_costs(graph, ctx)
+        before, node_macs_at = concrete_costs(graph, ctx.input_shapes)
         analysis: Analysis = ctx.analysis("channel-groups", lambda: analyse(graph))
         calibration = ctx.calibration.take(cfg.calib_samples) if ctx.calibration is not None else None
         criterion = self._criterion(calibration, ctx)
@@ -154,7 +140,7 @@ class ChannelPrune(Pass):
             ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
 
         get_pass("shape-inference")().run(graph, ctx)
-        after, _ = concrete_costs(graph, ctx)
+        after, _ = concrete_costs(graph, ctx.input_shapes)
         ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
         ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}}
         return PassResult(

@@ -5,7 +5,9 @@ convs that read and write it (Torch-Pruning's group importance):
 - "l1" / "l2": norms of the weight slices (producers' filters and consumers' input columns);
 - "bn": |gamma| of the BatchNormalization nodes in the group (network slimming);
 - "activation": ||W[:, c]|| * rms(x_c) for every consumer, the first-order size of what channel c
-  contributes to the consumer's output on calibration data (structured Wanda).
+  contributes to the consumer's output on calibration data (structured Wanda);
+- "obs": the output error a class's removal costs once the remaining inputs compensate, ranked by
+  greedy elimination (selection.py), the criterion that matches what reconstruction then does.
 Each contribution is divided by its mean over the dim, so layers of different scale count alike.
 
 The budget is a ratio of classes to remove per group (uniform, or overridden per layer), the
@@ -21,7 +23,7 @@ import numpy as np
 
 from onnxopt.passes.prune.groups import Analysis, ChannelGroup, const_values
 
-CRITERIA = ("l1", "l2", "bn", "activation")
+CRITERIA = ("l1", "l2", "bn", "activation", "obs")
 
 
 def _slice_norms(values: np.ndarray, axis: int, order: int) -> np.ndarray:
