@@ -140,8 +140,9 @@ def section_fashion(iters: int, criteria=CRITERIA) -> list[dict]:
                 row["drop_test10k_pts"] = round(100 * (base["test10k"] - row["acc_test10k"]), 2)
             if reconstruct:
                 row["refit"] = [(f["layer"], round(f["error_before"], 3), round(f["error_after"], 3)) for f in report["reconstruction"]]
-            if criterion == "activation" and reconstruct or criterion == "obs" and reconstruct:
+            if reconstruct and criterion in ("activation", "obs"):
                 row["latency"] = latency_ratio(model, pruned, {"input": x_eval[:1]}, iters * 4)
+                row["latency_batch64"] = latency_ratio(model, pruned, {"input": x_eval[:64]}, iters)
             row["compile_s"] = round(seconds, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -238,13 +239,14 @@ def render(results: dict) -> str:
         lines += ["## Fashion-MNIST CNN, half the MACs removed (`--prune-flops 0.5`)", ""]
         lines += [f"Calibration: models/example/calib (64 train images). Original accuracy: {base['acc_eval500']:.4f} on eval.npz (500 test images)"
                   + (f", {base['acc_test10k']:.4f} on the full 10k test set." if "acc_test10k" in base else "."), ""]
-        lines += ["| importance | reconstruction | MACs removed | params | kept per group | acc eval500 (drop) | acc test10k (drop) | ORT speedup |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["| importance | reconstruction | MACs removed | params | kept per group | acc eval500 (drop) | acc test10k (drop) | ORT speedup batch 1 / 64 |", "|---|---|---|---|---|---|---|---|"]
         for r in rows[1:]:
             crit, _, rec = r["variant"].partition(" + ")
             test = f"{r['acc_test10k']:.4f} ({r['drop_test10k_pts']:+.2f})" if "acc_test10k" in r else "–"
-            lat = f"{r['latency']['speedup']:.2f}x" if "latency" in r else ""
+            lat = f"{r['latency']['speedup']:.2f}x / {r['latency_batch64']['speedup']:.2f}x" if "latency_batch64" in r else ""
             lines.append(f"| {crit} | {'yes' if rec else 'no'} | {r['macs_removed']:.1%} | {_m(r['params_before'])} → {_m(r['params_after'])} | {', '.join(r['kept'])} | {r['acc_eval500']:.4f} ({r['drop_eval500_pts']:+.2f}) | {test} | {lat} |")
-        lines += ["", "Drops are in accuracy points (original minus pruned; positive = worse).", ""]
+        lines += ["", "Drops are in accuracy points (original minus pruned; positive = worse). The model is tiny (7.5M MACs,"
+                  " about 0.1 ms at batch 1), so its latency is dominated by per-op overhead, not by the MACs pruning removes.", ""]
     if "zoo" in results:
         lines += ["## Real models at ratio 0.3 (zoo calibration sets, fidelity on the disjoint eval sets)", ""]
         lines += ["| model | reconstruction | MACs before → after | params before → after | groups pruned / blocked | fidelity | ORT speedup |", "|---|---|---|---|---|---|---|"]

@@ -666,10 +666,10 @@ class _Builder:
         in_shape, out_shape = node.inputs[0].shape, _static_shape(node.outputs[0])
         if out_shape is None:
             return self.block_node(node, "output shape unknown")
-        found = _channel_block(list(in_shape), out_shape, dim.axis)
-        if found is None:
+        inner = _channel_block(list(in_shape), out_shape, dim.axis)
+        if inner is None:
             return self.block_node(node, "mixes channels with other axes")
-        out_axis, inner = found
+        out_axis = dim.axis
         target = const_values(node.inputs[1])
         if target is None and not self._shape_independent_of(node.inputs[1], {dim.length, out_shape[out_axis]}):
             return self.block_node(node, "target shape is computed from values that pruning changes")
@@ -752,31 +752,23 @@ class _Builder:
         return ChannelGroup(gid, dims, classes, len(unique), producers, consumers, blocked)
 
 
-def _channel_block(in_shape: list, out_shape: list, axis: int) -> tuple[int, int] | None:
-    """For a Reshape: the output axis holding channel c as a contiguous run of `inner` elements.
-
-    The dims before the channel axis must be carried over unchanged (symbolic batch included), and
-    the output axis must be the channel count times a whole number of the following input dims.
-    """
-    prefix = in_shape[:axis]
-    if list(out_shape[:axis]) != list(prefix) and not (
-        all(_is_int(d) for d in prefix + out_shape[:axis]) and math.prod(prefix) == math.prod(out_shape[:axis])
-        and len(out_shape) > axis
-    ):
-        return None
+def _channel_block(in_shape: list, out_shape: list, axis: int) -> int | None:
+    """For a Reshape keeping the dims before the channel axis: how many elements each channel
+    becomes on the same output axis (1 when the channel axis survives, H*W when flattened), or
+    None when channels mix with other axes."""
     if len(out_shape) <= axis or not _is_int(out_shape[axis]):
         return None
-    channels, inner = in_shape[axis], 1
-    for d in [1] + list(in_shape[axis + 1 :]):
+    if any(a != b for a, b in zip(in_shape[:axis], out_shape[:axis])):
+        return None
+    inner = 1
+    for d in [1, *in_shape[axis + 1 :]]:
         if not _is_int(d):
             return None
         inner *= d
-        if channels * inner == out_shape[axis]:
-            rest_in = in_shape[axis + 1 :]
-            if all(_is_int(x) for x in rest_in):
-                return axis, inner
-        if channels * inner > out_shape[axis]:
-            break
+        if in_shape[axis] * inner == out_shape[axis]:
+            return inner
+        if in_shape[axis] * inner > out_shape[axis]:
+            return None
     return None
 
 

@@ -139,3 +139,17 @@ def samples(model: onnx.ModelProto, count: int = 8, seed: int = 1) -> list[dict[
     rng = np.random.default_rng(seed)
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(count)]
+
+
+def flatten_gemm_cnn(seed: int = 0, dead_channels: slice | None = None) -> onnx.ModelProto:
+    """conv on 4x4, Reshape [1, C*16] (a constant shape), Gemm: channel c becomes 16 features.
+
+    With `dead_channels`, the Gemm ignores those channels (their 16 columns are zero)."""
+    n = Net(seed)
+    y = n.conv_bn_relu("x", 3, 16, name="a")
+    y = n.op("Reshape", [y, n.const("shape", np.array([1, 256], np.int64))], "reshape")
+    w = (n.rng.standard_normal((5, 16, 16)) / 16).astype(np.float32)
+    if dead_channels is not None:
+        w[:, dead_channels] = 0.0
+    fc = n.op("Gemm", [y, n.const("fc.w", w.reshape(5, 256)), n.const("fc.b", np.zeros(5, np.float32))], "fc", transB=1)
+    return n.model(fc, in_shape=(1, 3, 4, 4))

@@ -251,3 +251,16 @@ def test_compile_with_prune_flag_end_to_end(tmp_path):
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["artifacts"]["channel-prune"]["groups_pruned"] >= 2
+
+
+def test_reshape_to_features_maps_each_channel_to_its_block_of_gemm_columns():
+    model = nets.flatten_gemm_cnn(dead_channels=slice(8, 16))
+    calib = nets.samples(model, 4)
+    pruned, _, ctx = prune(model, calib, ratio=0.5, importance="activation", reconstruct=False)
+    assert ctx.artifacts["channel-prune"]["kept"]["a.relu.out"] == list(range(8))
+    assert weight_shapes(pruned)["fc"] == (5, 128)
+    reshape = next(n for n in pruned.graph.node if n.op_type == "Reshape")
+    shape = next(onnx.numpy_helper.to_array(i) for i in pruned.graph.initializer if i.name == reshape.input[1])
+    assert shape.tolist() == [1, 128]
+    for feeds in calib:
+        np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-5, atol=1e-5)
