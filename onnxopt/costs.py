@@ -111,6 +111,10 @@ def concrete_costs(graph: gs.Graph, input_shapes: dict | None = None) -> tuple[d
 
     copy = graph.copy()
     shapes = {spec.name: spec.shape for spec in input_specs(export_model(graph), input_shapes)}
+    inputs = {id(t) for t in copy.inputs}
+    for tensor in copy.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in inputs:
+            tensor.shape = None  # inferred afresh from the concrete inputs
     for tensor in copy.inputs:
         if tensor.name in shapes:
             tensor.shape = list(shapes[tensor.name])

@@ -283,7 +283,7 @@ class DepthwiseSeparable(Pass):
             raise ConfigError(f"depthwise-separable: max_error must be >= 0, got {cfg.max_error}")
         if cfg.flops_target is not None and not 0.0 < cfg.flops_target <= 1.0:
             raise ConfigError(f"depthwise-separable: flops_target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
-        get_pass("shape-inference")().run(graph, ctx)
+        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
         before, node_macs = concrete_costs(graph, ctx.input_shapes)
         calibration = ctx.calibration.take(cfg.calib_samples) if ctx.calibration is not None else None
         if calibration is None:
@@ -328,7 +328,7 @@ class DepthwiseSeparable(Pass):
             order = {id(n): i for i, n in enumerate(graph.nodes)}
             targets.sort(key=lambda t: order[id(t.node)])
             fits = refit_layers(graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed)
-        get_pass("shape-inference")().run(graph, ctx)
+        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
         after, _ = concrete_costs(graph, ctx.input_shapes)
         ctx.artifacts["report:depthwise-separable"] = self._report(layers, before, after, {f["layer"]: f for f in fits})
         return PassResult(changed=True, stats={"substituted": len(layers), "macs_before": before["macs"], "macs_after": after["macs"], "layers_refit": len(fits)})

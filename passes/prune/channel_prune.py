@@ -93,7 +93,7 @@ class ChannelPrune(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         cfg = self.config
         _check_config(cfg)
-        get_pass("shape-inference")().run(graph, ctx)
+        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
         before, node_macs_at = concrete_costs(graph, ctx.input_shapes)
         analysis: Analysis = ctx.analysis("channel-groups", lambda: analyse(graph))
         calibration = ctx.calibration.take(cfg.calib_samples) if ctx.calibration is not None else None
@@ -139,7 +139,7 @@ class ChannelPrune(Pass):
         elif cfg.reconstruct:
             ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
 
-        get_pass("shape-inference")().run(graph, ctx)
+        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
         after, _ = concrete_costs(graph, ctx.input_shapes)
         ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
         ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}}
