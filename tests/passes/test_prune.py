@@ -264,3 +264,22 @@ def test_reshape_to_features_maps_each_channel_to_its_block_of_gemm_columns():
     assert shape.tolist() == [1, 128]
     for feeds in calib:
         np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_obs_finds_a_redundant_channel_and_reconstruction_makes_its_removal_exact():
+    net = nets.Net(3)
+    y = net.op("Relu", [net.conv("x", 3, 8, k=1, name="a")], "a.relu")
+    y = net.conv(y, 8, 8, k=1, name="b")
+    model = net.model(net.head(y, 8))
+    weights = {i.name: i for i in model.graph.initializer}
+    w = onnx.numpy_helper.to_array(weights["a.w1"]).copy()
+    b = onnx.numpy_helper.to_array(weights["a.b2"]).copy()
+    w[5], b[5] = w[2], b[2]  # channel 5 duplicates channel 2: whatever it feeds, channel 2 can carry
+    weights["a.w1"].CopyFrom(onnx.numpy_helper.from_array(w, "a.w1"))
+    weights["a.b2"].CopyFrom(onnx.numpy_helper.from_array(b, "a.b2"))
+    calib = nets.samples(model, 6)
+    pruned, _, ctx = prune(model, calib, ratio=0.0, layer_ratios={"a": 0.125}, importance="obs", round_to=1, min_channels=1)
+    kept = ctx.artifacts["channel-prune"]["kept"]["a.relu.out"]
+    assert len(kept) == 7 and (2 in kept) != (5 in kept)
+    for feeds in calib:
+        np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-3, atol=1e-4)
