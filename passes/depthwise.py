@@ -38,6 +38,7 @@ class DepthwiseConfig:
     max_error: float | None = option(None, f"cap on each layer's relative output error before reconstruction ({DEFAULT_MAX_ERROR} when neither max_error nor flops_target is given)")
     flops_target: float | None = option(None, "substitute until at most this fraction of the model's MACs remain (0.5 = half)")
     spatial: bool = option(False, "also consider the spatially separable form (Kx1 then 1xK) and use it where it wins")
+    split_multiplier: bool = option(True, "emit m depthwise convs with multiplier 1 and a Concat rather than one conv with multiplier m (ORT's CPU kernels run the former about 2x faster)")
     skip: tuple[str, ...] = option((), "Conv node-name patterns (fnmatch) never substituted")
     min_kernel: int = option(3, "only kernels with a side at least this large are decomposed")
     reconstruct: bool = option(True, "refit the pointwise (or 1xK) conv by least squares on calibration data")
@@ -217,8 +218,12 @@ def _names(graph: gs.Graph):
     return fresh
 
 
-def substitute(graph: gs.Graph, conv: gs.Node, form: Form, fresh) -> gs.Node:
-    """Replace `conv` by its two-conv form; returns the conv that now produces the original output."""
+def substitute(graph: gs.Graph, conv: gs.Node, form: Form, fresh, split_multiplier: bool = False) -> gs.Node:
+    """Replace `conv` by its two-conv form; returns the conv that now produces the original output.
+
+    With `split_multiplier`, a depthwise multiplier m > 1 becomes m depthwise convs (multiplier 1)
+    concatenated branch by branch, and the pointwise columns are permuted to match: the same
+    arithmetic, on kernels ORT runs faster."""
     weight = np.asarray(conv.inputs[1].values, dtype=np.float32)
     cout, cin, kh, kw = weight.shape
     x, out = conv.inputs[0], conv.outputs[0]
@@ -242,13 +247,27 @@ def substitute(graph: gs.Graph, conv: gs.Node, form: Form, fresh) -> gs.Node:
     middle = gs.Variable(fresh(f"{out.name}.{suffixes[0]}"), dtype=out.dtype or np.float32)
     if form.kind == "depthwise" and out.shape is not None:
         middle.shape = [out.shape[0], middle_channels, *out.shape[2:]]
-    first = gs.Node("Conv", fresh(f"{base}.{suffixes[0]}"), attrs=first_attrs,
-                    inputs=[x, gs.Constant(fresh(f"{base}.{suffixes[0]}.weight"), first_w)], outputs=[middle])
+    firsts = []
+    if form.kind == "depthwise" and split_multiplier and form.rank > 1:
+        m = form.rank
+        branches = []
+        for j in range(m):
+            branch = gs.Variable(fresh(f"{out.name}.{suffixes[0]}{j}"), dtype=middle.dtype)
+            weight_j = gs.Constant(fresh(f"{base}.{suffixes[0]}{j}.weight"), np.ascontiguousarray(first_w[j::m]))
+            firsts.append(gs.Node("Conv", fresh(f"{base}.{suffixes[0]}{j}"), attrs=dict(first_attrs), inputs=[x, weight_j], outputs=[branch]))
+            branches.append(branch)
+        firsts.append(gs.Node("Concat", fresh(f"{base}.{suffixes[0]}.concat"), attrs={"axis": 1}, inputs=branches, outputs=[middle]))
+        cin_count = first_w.shape[0] // m
+        order = np.arange(cin_count * m).reshape(cin_count, m).T.reshape(-1)  # new column j*Cin + c reads old c*m + j
+        second_w = np.ascontiguousarray(second_w[:, order])
+    else:
+        firsts.append(gs.Node("Conv", fresh(f"{base}.{suffixes[0]}"), attrs=first_attrs,
+                              inputs=[x, gs.Constant(fresh(f"{base}.{suffixes[0]}.weight"), first_w)], outputs=[middle]))
     second = gs.Node("Conv", fresh(f"{base}.{suffixes[1]}"), attrs=second_attrs,
                      inputs=[middle, gs.Constant(fresh(f"{base}.{suffixes[1]}.weight"), second_w)] + bias, outputs=[out])
     conv.inputs.clear()
     conv.outputs.clear()
-    graph.nodes.extend([first, second])
+    graph.nodes.extend([*firsts, second])
     return second
 
 
@@ -315,7 +334,7 @@ class DepthwiseSeparable(Pass):
         for key, form in chosen.items():
             conv = by_id[key]
             name, out, shape = conv.name, conv.outputs[0].name, conv.inputs[1].values.shape
-            second = substitute(graph, conv, form, fresh)
+            second = substitute(graph, conv, form, fresh, cfg.split_multiplier)
             layers.append({"layer": name, "replaced_by": second.name, "form": form.kind, "rank": form.rank,
                            "macs_before": node_macs[key], "macs_after": form.macs, "params_before": int(np.prod(shape)),
                            "params_after": form.params, "error": round(form.error, 4)})

@@ -76,16 +76,22 @@ def test_rank_one_slices_become_an_exact_depthwise_pointwise_pair(attrs):
     np.testing.assert_allclose(run_model(out, x)["y"], run_model(model, x)["y"], rtol=1e-4, atol=1e-4)
 
 
-def test_rank_m_is_exact_and_a_lower_rank_is_not():
+@pytest.mark.parametrize("split", [False, True])
+def test_rank_m_is_exact_and_a_lower_rank_is_not(split):
     weight = low_rank_weight(32, 4, 3, rank=2, seed=1)
-    x = feeds(conv_model(weight))
-    reference = run_model(conv_model(weight), x)["y"]
+    model = conv_model(weight, {"strides": [2, 2], "pads": [1, 0, 1, 2]})
+    x = feeds(model)
+    reference = run_model(model, x)["y"]
     for m, exact in ((2, True), (1, False)):
-        graph = import_graph(conv_model(weight))
-        substitute(graph, graph.nodes[0], Form("depthwise", m, 0, 0, 0.0), _names(graph))
+        graph = import_graph(model)
+        substitute(graph, graph.nodes[0], Form("depthwise", m, 0, 0, 0.0), _names(graph), split_multiplier=split)
         graph.cleanup().toposort()
-        error = np.abs(run_model(export_model(graph), x)["y"] - reference).max()
+        out = export_model(graph)
+        error = np.abs(run_model(out, x)["y"] - reference).max()
         assert (error < 1e-4) == exact, (m, error)
+        if split and m == 2:  # two multiplier-1 depthwise convs, concatenated, then the pointwise conv
+            assert [n.op_type for n in out.graph.node] == ["Conv", "Conv", "Concat", "Conv", "Relu"]
+            assert [s[2] for s in conv_shapes(out)] == [4, 4, 1]
     dw, pw = depthwise_factors(weight, 2)
     assert dw.shape == (8, 1, 3, 3) and pw.shape == (32, 8, 1, 1)
 
