@@ -99,3 +99,25 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 
     walk(model.graph)
     return dict(counts.most_common())
+
+
+def concrete_costs(graph: gs.Graph, input_shapes: dict | None = None) -> tuple[dict[str, Any], dict[int, int]]:
+    """graph_costs, and every node's MACs keyed by id(node), at concrete shapes: dynamic input dims
+    take the values verification and profiling use (`input_shapes` where given, else 1). The
+    graph itself is not modified; structural passes budget against these numbers."""
+    from onnxopt.graphs import export_model
+    from onnxopt.inputs import input_specs
+    from onnxopt.pipeline import PassContext, get_pass  # shape inference is a pass, found through the registry
+
+    copy = graph.copy()
+    shapes = {spec.name: spec.shape for spec in input_specs(export_model(graph), input_shapes)}
+    inputs = {id(t) for t in copy.inputs}
+    for tensor in copy.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in inputs:
+            tensor.shape = None  # inferred afresh from the concrete inputs
+    for tensor in copy.inputs:
+        if tensor.name in shapes:
+            tensor.shape = list(shapes[tensor.name])
+    get_pass("shape-inference")().run(copy, PassContext(input_shapes=dict(input_shapes or {})))
+    per_node = {id(orig): node_macs(twin) or 0 for orig, twin in zip(graph.nodes, copy.nodes)}
+    return graph_costs(copy), per_node

@@ -10,10 +10,12 @@ fits; it knows nothing of any one pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxopt.runtime import make_session
 
@@ -117,3 +119,339 @@ def relative_error(reference: np.ndarray, approx: np.ndarray) -> float:
     """||reference - approx|| / ||reference||: the per-layer error budgets are stated in this."""
     denom = float(np.linalg.norm(reference))
     return float(np.linalg.norm(reference - approx)) / denom if denom else float(np.linalg.norm(approx))
+
+
+# -- streaming statistics and fits (added for pruning and depthwise substitution) ----------------
+
+
+def channel_energy(model: onnx.ModelProto, axes: dict[str, int], data: Iterable[Feeds], max_samples: int | None = None) -> dict[str, np.ndarray]:
+    """Mean square of every channel of the named tensors (channel axis per name), streamed sample by sample."""
+    names = list(axes)
+    if not names:
+        return {}
+    session = make_session(_with_outputs(model, names), opt_level="basic")
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for i, feeds in enumerate(data):
+        if max_samples is not None and i >= max_samples:
+            break
+        for name, value in zip(names, session.run(names, feeds)):
+            moved = np.moveaxis(np.asarray(value, dtype=np.float64), axes[name], -1)
+            rows = moved.reshape(-1, moved.shape[-1])
+            sums[name] = sums.get(name, 0.0) + np.square(rows).sum(axis=0)
+            counts[name] = counts.get(name, 0) + rows.shape[0]
+    return {name: sums[name] / max(counts[name], 1) for name in sums}
+
+
+def conv_patches(x: np.ndarray, attrs: dict, kernel: tuple[int, int]) -> np.ndarray:
+    """im2col rows of a 2-D Conv input with the node's strides, pads (auto_pad too) and dilations."""
+    strides = tuple(attrs.get("strides", (1, 1)))
+    dilations = tuple(attrs.get("dilations", (1, 1)))
+    pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads_begin, pads_end = [], []
+        for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads_begin.append(small if auto_pad == "SAME_UPPER" else big)
+            pads_end.append(big if auto_pad == "SAME_UPPER" else small)
+        pads = (pads_begin[0], pads_begin[1], pads_end[0], pads_end[1])
+    elif auto_pad == "VALID":
+        pads = (0, 0, 0, 0)
+    return im2col(x, kernel, strides, pads, dilations)
+
+
+class NormalEquations:
+    """Accumulates X^T X, X^T Y and sums over batches of rows, so a least-squares fit over much
+    calibration data needs memory for the (features x features) Gram matrix only."""
+
+    def __init__(self) -> None:
+        self.xtx = self.xty = self.x_sum = self.y_sum = None
+        self.yy = 0.0
+        self.rows = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x = x.astype(np.float64)
+        y = y.astype(np.float64)
+        if self.xtx is None:
+            self.xtx = np.zeros((x.shape[1], x.shape[1]))
+            self.xty = np.zeros((x.shape[1], y.shape[1]))
+            self.x_sum = np.zeros(x.shape[1])
+            self.y_sum = np.zeros(y.shape[1])
+        self.xtx += x.T @ x
+        self.xty += x.T @ y
+        self.x_sum += x.sum(axis=0)
+        self.y_sum += y.sum(axis=0)
+        self.yy += float(np.square(y).sum())
+        self.rows += x.shape[0]
+
+    def merged(self, other: "NormalEquations") -> "NormalEquations":
+        total = NormalEquations()
+        if self.xtx is None or other.xtx is None:
+            source = self if other.xtx is None else other
+            total.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in source.__dict__.items()})
+            return total
+        total.xtx, total.xty = self.xtx + other.xtx, self.xty + other.xty
+        total.x_sum, total.y_sum = self.x_sum + other.x_sum, self.y_sum + other.y_sum
+        total.yy, total.rows = self.yy + other.yy, self.rows + other.rows
+        return total
+
+    def centered(self, fit_bias: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Gram and cross matrices about the means (or raw without a bias), and the means."""
+        n = max(self.rows, 1)
+        if not fit_bias:
+            return self.xtx.copy(), self.xty.copy(), np.zeros(self.xtx.shape[0]), np.zeros(self.xty.shape[1])
+        x_mean, y_mean = self.x_sum / n, self.y_sum / n
+        return self.xtx - n * np.outer(x_mean, x_mean), self.xty - n * np.outer(x_mean, y_mean), x_mean, y_mean
+
+    def solve(self, *, fit_bias: bool = True, ridge: float = 1e-4, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Same problem as `least_squares`, from the accumulated statistics. With `prior`, the ridge
+        pulls the weights toward it (the layer's current weights) instead of toward zero, so a fit
+        from few rows stays close to what the layer already computes."""
+        gram, cross, x_mean, y_mean = self.centered(fit_bias)
+        scale = float(np.trace(gram)) / max(gram.shape[0], 1) or 1.0
+        gram[np.diag_indices_from(gram)] += ridge * scale
+        if prior is not None:
+            cross = cross + ridge * scale * prior.astype(np.float64)
+        weights = np.linalg.solve(gram, cross)
+        bias = y_mean - x_mean @ weights
+        return weights.astype(np.float32), bias.astype(np.float32)
+
+    def residual(self, weights: np.ndarray, bias: np.ndarray) -> float:
+        """||x W + b - y||^2 over every row added."""
+        w = weights.astype(np.float64)
+        b = bias.astype(np.float64)
+        fitted = float(np.sum(w * (self.xtx @ w))) + 2 * float(b @ (w.T @ self.x_sum)) + self.rows * float(b @ b)
+        cross = float(np.sum(w * self.xty)) + float(b @ self.y_sum)
+        return max(self.yy - 2 * cross + fitted, 0.0)
+
+    def relative_error(self, weights: np.ndarray, bias: np.ndarray) -> float:
+        """||x W + b - y|| / ||y|| over every row added, computed from the statistics alone."""
+        residual = self.residual(weights, bias)
+        return float(np.sqrt(residual / self.yy)) if self.yy else float(np.sqrt(residual))
+
+
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def validated_ridge(folds: list[NormalEquations], *, fit_bias: bool = True, prior: np.ndarray | None = None, grid=RIDGE_GRID) -> float:
+    """The ridge with the least held-out residual, fitting on all folds but one in turn.
+
+    One eigendecomposition per fold makes every ridge in the grid cost two matrix products."""
+    errors = np.zeros(len(grid))
+    for i, held_out in enumerate(folds):
+        rest = NormalEquations()
+        for j, fold in enumerate(folds):
+            if j != i:
+                rest = rest.merged(fold)
+        if rest.rows == 0 or held_out.rows == 0:
+            return grid[0]
+        gram, cross, x_mean, y_mean = rest.centered(fit_bias)
+        scale = float(np.trace(gram)) / max(gram.shape[0], 1) or 1.0
+        values, vectors = np.linalg.eigh(gram)
+        for k, ridge in enumerate(grid):
+            rhs = cross if prior is None else cross + ridge * scale * prior.astype(np.float64)
+            w = vectors @ ((vectors.T @ rhs) / (values + ridge * scale)[:, None])
+            errors[k] += held_out.residual(w, y_mean - x_mean @ w)
+    return grid[int(np.argmin(errors))]
+
+
+# -- sequential layer refit against a reference model (pruning, depthwise substitution) ---------
+
+
+@dataclass
+class LayerTarget:
+    """A Conv, Gemm or MatMul whose weights are refit so its output matches `tensor` in `reference`.
+
+    `channels` selects the reference's output channels the layer still produces (None: all). When
+    the reference's tensor does not hold `expected` channels (an earlier pass changed that layer),
+    `fallback` (e.g. the graph before the current pass) is the reference instead.
+    """
+
+    node: gs.Node
+    reference: onnx.ModelProto
+    tensor: str
+    channels: np.ndarray | None = None
+    expected: int | None = None
+    fallback: onnx.ModelProto | None = None
+
+
+def _layer_rows(node: gs.Node, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    if node.op == "Conv":
+        return conv_patches(x, node.attrs, tuple(weight.shape[2:]))
+    return x.reshape(-1, x.shape[-1])
+
+
+def _output_rows(node: gs.Node, y: np.ndarray) -> np.ndarray:
+    return channels_last_rows(y) if node.op == "Conv" else y.reshape(-1, y.shape[-1])
+
+
+def _linear_form(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
+    """The layer as rows @ W + b: W (features, outputs), b (outputs,)."""
+    weight = np.asarray(node.inputs[1].values, dtype=np.float32)
+    has_bias = len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant)
+    if node.op == "Conv":
+        w = weight.reshape(weight.shape[0], -1).T
+        out = weight.shape[0]
+    elif node.op == "Gemm":
+        w = weight.T if node.attrs.get("transB", 0) else weight
+        out = w.shape[1]
+    else:
+        w, out = weight, weight.shape[1]
+    bias = np.broadcast_to(np.asarray(node.inputs[2].values, np.float32), (out,)) if has_bias else np.zeros(out, np.float32)
+    return w, bias.astype(np.float32)
+
+
+def _write_linear(node: gs.Node, w: np.ndarray, b: np.ndarray | None, name: str) -> None:
+    weight = np.asarray(node.inputs[1].values)
+    if node.op == "Conv":
+        new = w.T.reshape(weight.shape)
+    elif node.op == "Gemm":
+        new = w.T if node.attrs.get("transB", 0) else w
+    else:
+        new = w
+    node.inputs[1] = gs.Constant(f"{name}.weight", np.ascontiguousarray(new.astype(np.float32)))
+    if b is not None:
+        bias = gs.Constant(f"{name}.bias", np.ascontiguousarray(b.astype(np.float32)))
+        if len(node.inputs) > 2:
+            node.inputs[2] = bias
+        else:
+            node.inputs.append(bias)
+
+
+def refittable(node: gs.Node) -> str | None:
+    """Why a layer cannot be refit by least squares, or None when it can."""
+    if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return "needs a Conv, Gemm or MatMul with constant weights"
+    if node.op == "Conv" and (int(node.attrs.get("group", 1)) != 1 or np.asarray(node.inputs[1].values).ndim != 4):
+        return "only ungrouped 2-D Conv layers are refit"
+    if node.op == "Gemm" and (node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0):
+        return "Gemm with transA, alpha or beta is not refit"
+    if node.op == "Gemm" and len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
+        return "Gemm bias is not constant"
+    if node.op == "Conv" and len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
+        return "Conv bias is not constant"
+    if node.op == "MatMul" and np.asarray(node.inputs[1].values).ndim != 2:
+        return "MatMul weight is not 2-D"
+    return None
+
+
+def _by_reference(targets: list[LayerTarget]) -> dict[int, list[LayerTarget]]:
+    grouped: dict[int, list[LayerTarget]] = {}
+    for t in targets:
+        grouped.setdefault(id(t.reference), []).append(t)
+    return grouped
+
+
+def _truncated(graph: gs.Graph, name: str) -> onnx.ModelProto:
+    """The current graph cut after tensor `name`, so capturing it runs only what it depends on."""
+    from onnxopt.graphs import export_model
+
+    sub = graph.copy()
+    tensor = sub.tensors()[name]
+    if tensor.dtype is None:
+        tensor.dtype = np.float32
+    sub.outputs = [tensor]
+    sub.cleanup(remove_unused_graph_inputs=False)
+    return export_model(sub)
+
+
+def refit_layers(
+    graph: gs.Graph,
+    targets: list[LayerTarget],
+    data: Iterable[Feeds],
+    *,
+    rows_per_sample: int = 512,
+    ridge: float = 1e-4,
+    scarce_factor: int = 20,
+    seed: int = 0,
+) -> list[dict]:
+    """Refit each target in order (ThiNet / He et al. 2017): inputs from the current graph, so
+    earlier refits are seen by later ones, outputs from the reference. The ridge pulls toward the
+    layer's current weights; when rows are scarce (fewer than `scarce_factor` per feature) its
+    strength is chosen by 2-fold cross-validation over the samples. Mutates the graph's weights;
+    returns per-layer relative errors on the calibration rows before and after."""
+    samples = list(data)
+    rng = np.random.default_rng(seed)
+    positions: dict[int, list[np.ndarray]] = {}
+    outputs: dict[int, list[np.ndarray]] = {}
+    pending = list(targets)
+    while pending:
+        retry = []
+        for reference, group in _by_reference(pending).items():
+            names = list(dict.fromkeys(t.tensor for t in group))
+            session = make_session(_with_outputs(group[0].reference, names), opt_level="basic")
+            for t in group:
+                positions[id(t)], outputs[id(t)] = [], []
+            live = list(group)
+            for feeds in samples:
+                values = dict(zip(names, session.run(names, feeds)))
+                for t in list(live):
+                    rows = _output_rows(t.node, values[t.tensor])
+                    if t.expected is not None and rows.shape[1] != t.expected:
+                        if t.fallback is None or t.fallback is t.reference:
+                            raise ValueError(f"reference tensor {t.tensor} has {rows.shape[1]} channels, expected {t.expected}")
+                        t.reference = t.fallback
+                        live.remove(t)
+                        retry.append(t)
+                        continue
+                    if t.channels is not None:
+                        rows = rows[:, t.channels]
+                    pick = np.sort(rng.choice(rows.shape[0], size=min(rows_per_sample, rows.shape[0]), replace=False))
+                    positions[id(t)].append(pick)
+                    outputs[id(t)].append(rows[pick])
+        pending = retry
+    results = []
+    for target in targets:
+        node = target.node
+        fit_bias = node.op != "MatMul"
+        session = make_session(_truncated(graph, node.inputs[0].name), opt_level="basic")
+        w_now, b_now = _linear_form(node)
+        folds = [NormalEquations(), NormalEquations()]
+        for i, (feeds, pick, y) in enumerate(zip(samples, positions[id(target)], outputs[id(target)])):
+            x = session.run(None, feeds)[0]
+            rows = _layer_rows(node, x, np.asarray(node.inputs[1].values))[pick]
+            folds[i % 2].add(rows, y)
+        stats = folds[0].merged(folds[1])
+        if stats.rows == 0:
+            continue
+        before = stats.relative_error(w_now, b_now if fit_bias else np.zeros_like(b_now))
+        chosen = ridge
+        if stats.rows < scarce_factor * w_now.shape[0]:
+            chosen = validated_ridge(folds, fit_bias=fit_bias, prior=w_now)
+        w_new, b_new = stats.solve(fit_bias=fit_bias, ridge=chosen, prior=w_now)
+        after = stats.relative_error(w_new, b_new)
+        if after < before:
+            _write_linear(node, w_new, b_new if fit_bias else None, node.name or node.outputs[0].name)
+        results.append({"layer": node.name, "rows": stats.rows, "ridge": chosen, "error_before": before, "error_after": min(after, before)})
+    return results
+
+
+def input_grams(model: onnx.ModelProto, nodes: list[gs.Node], data: Iterable[Feeds], *, rows_per_sample: int = 512, seed: int = 0, centered: bool = True) -> dict[int, np.ndarray]:
+    """Gram matrix X^T X / rows of each layer's input rows (im2col for a Conv; about the mean when
+    `centered`), keyed by id(node): the curvature of the layer's output error in its weights.
+    It tells how much removing an input costs once the others compensate (OBS, Hassibi 1993),
+    and E||dW x||^2 = tr(dW G dW^T) for any weight change dW (uncentered G)."""
+    names = list(dict.fromkeys(n.inputs[0].name for n in nodes))
+    if not names:
+        return {}
+    session = make_session(_with_outputs(model, names), opt_level="basic")
+    rng = np.random.default_rng(seed)
+    stats = {id(n): NormalEquations() for n in nodes}
+    for feeds in data:
+        values = dict(zip(names, session.run(names, feeds)))
+        for node in nodes:
+            rows = _layer_rows(node, values[node.inputs[0].name], np.asarray(node.inputs[1].values))
+            pick = rng.choice(rows.shape[0], size=min(rows_per_sample, rows.shape[0]), replace=False)
+            rows = rows[pick]
+            stats[id(node)].add(rows, rows[:, :1])
+    grams = {}
+    for node in nodes:
+        s = stats[id(node)]
+        if s.rows:
+            mean = s.x_sum / s.rows
+            grams[id(node)] = s.xtx / s.rows - (np.outer(mean, mean) if centered else 0.0)
+    return grams

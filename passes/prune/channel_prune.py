@@ -1,0 +1,240 @@
+"""channel-prune: remove whole channels (Conv filters, Gemm/MatMul columns) and refit what reads them.
+
+The dependency analysis (groups.py) finds the channels that must go together; the importance
+criterion and budget (plan.py) choose which to keep; removal.py slices every tensor and weight of
+each pruned group, so the model gets physically smaller and faster. Without retraining, the
+layers that read a pruned group are then refit by least squares on calibration data so their
+outputs match the teacher's (reconstruct.refit_layers, He et al. 2017 / ThiNet).
+
+Lossy by design (exact = False): the report records MACs and parameters before and after, the
+ratio of every group, the groups left alone and why, and each refit layer's error on the
+calibration data before and after its refit.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.costs import concrete_costs
+from onnxopt.errors import CalibrationError, ConfigError
+from onnxopt.graphs import export_model
+from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
+from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
+from onnxopt.passes.prune.removal import remove_channels
+from onnxopt.passes.prune.selection import obs_ranking
+from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams, refit_layers, refittable
+from onnxopt.pipeline import Pass, PassContext, PassResult, get_pass, option, register_pass
+
+DEFAULT_RATIO = 0.3
+DEFAULT_CRITERION = "obs"  # best measured with reconstruction on the Fashion-MNIST CNN (benchmarks/results/prune.md)
+
+
+@dataclass
+class ChannelPruneConfig:
+    ratio: float | None = option(None, f"fraction of channels to remove from every prunable group ({DEFAULT_RATIO} when neither ratio nor flops_target is given)")
+    flops_target: float | None = option(None, "keep at most this fraction of the model's MACs (0.5 = half); sets the uniform ratio by bisection")
+    importance: Literal["auto", "l1", "l2", "bn", "activation", "obs"] = option("auto", f"channel importance; auto = {DEFAULT_CRITERION} with calibration data, l2 without")
+    layer_ratios: dict = option(None, "per-layer ratios {producer-name-pattern: ratio}; override the uniform ratio for matching groups", default_factory=dict)
+    skip: tuple[str, ...] = option((), "node-name patterns (fnmatch): groups touching a matching node are left whole")
+    min_channels: int = option(8, "never keep fewer channels than this in a group")
+    round_to: int = option(8, "round kept channel counts to a multiple of this, so kernels stay fast")
+    reconstruct: bool = option(True, "refit the layers reading pruned channels by least squares on calibration data")
+    calib_samples: int = option(64, "calibration samples used for importance and reconstruction")
+    rows_per_sample: int = option(512, "output positions per sample used in each least-squares refit")
+    ridge: float = option(1e-4, "ridge term of the refit, relative to the mean input energy")
+    gram_memory_mb: int = option(1024, "memory for the input Gram matrices the obs criterion captures at once")
+
+
+def _check_config(cfg: ChannelPruneConfig) -> None:
+    if cfg.ratio is not None and cfg.flops_target is not None:
+        raise ConfigError("channel-prune: give either ratio (--prune) or flops_target (--prune-flops), not both")
+    if cfg.ratio is not None and not 0.0 <= cfg.ratio < 1.0:
+        raise ConfigError(f"channel-prune: ratio must be in [0, 1), got {cfg.ratio}")
+    if cfg.flops_target is not None and not 0.0 < cfg.flops_target <= 1.0:
+        raise ConfigError(f"channel-prune: flops_target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
+    for pattern, value in cfg.layer_ratios.items():
+        if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+            raise ConfigError(f"channel-prune: layer_ratios[{pattern!r}] must be a ratio in [0, 1), got {value!r}")
+    if cfg.min_channels < 1 or cfg.round_to < 1:
+        raise ConfigError("channel-prune: min_channels and round_to must be at least 1")
+
+
+def _features(dim) -> int:
+    """Input features of a consumer: channels times kernel positions."""
+    weight = dim.node.inputs[dim.index]
+    shape = weight.shape if weight.shape is not None else ()
+    return int(dim.length * (np.prod(shape[2:]) if dim.node.op == "Conv" and len(shape) > 2 else 1))
+
+
+def _touches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
+    names = [n.name for n in group.producers + group.consumers]
+    names += [d.node.name for d in group.dims if d.node is not None]
+    return any(fnmatch.fnmatchcase(name, p) for name in names for p in patterns)
+
+
+def _describe(group: ChannelGroup) -> dict:
+    return {"group": group.gid, "producers": [p.name for p in group.producers][:8], "channels": group.n_classes}
+
+
+@register_pass
+class ChannelPrune(Pass):
+    """Structured channel pruning with dependency groups, importance, budget, removal and reconstruction."""
+
+    name = "channel-prune"
+    exact = False
+    Config = ChannelPruneConfig
+    description = "remove whole channels (groups found by dependency analysis) and refit consumers against the teacher"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        cfg = self.config
+        _check_config(cfg)
+        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
+        before, node_macs_at = concrete_costs(graph, ctx.input_shapes)
+        analysis: Analysis = ctx.analysis("channel-groups", lambda: analyse(graph))
+        calibration = ctx.calibration.take(cfg.calib_samples) if ctx.calibration is not None else None
+        criterion = self._criterion(calibration, ctx)
+
+        candidates = []
+        skipped = []
+        for group in analysis.groups:
+            if not group.prunable:
+                continue
+            if cfg.skip and _touches(group, cfg.skip):
+                skipped.append(group)
+            else:
+                candidates.append(group)
+
+        energy = None
+        if criterion == "activation":
+            energy = self._energy(graph, analysis, candidates, calibration)
+        if criterion == "obs":
+            scores = self._obs_scores(graph, candidates, calibration, ctx)
+        else:
+            scores = {g.gid: group_importance(g, criterion, energy) for g in candidates}
+
+        ratio = DEFAULT_RATIO if cfg.ratio is None and cfg.flops_target is None else (cfg.ratio or 0.0)
+        counts = None
+        if cfg.flops_target is not None:
+            ratio, predicted, counts = ratio_for_flops(
+                analysis, candidates, scores, cfg.flops_target, cfg.layer_ratios, cfg.round_to, cfg.min_channels, node_macs_at, before["macs"]
+            )
+            if predicted > cfg.flops_target * before["macs"] * 1.001:
+                ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {predicted / max(before['macs'], 1):.0%}")
+        masks = plan(candidates, scores, ratio, cfg.layer_ratios, cfg.round_to, cfg.min_channels, counts)
+        if not masks:
+            ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, before, ratio, criterion, [], ctx)
+            return PassResult(changed=False, stats={"groups_pruned": 0, "blocked": sum(1 for g in analysis.groups if g.blocked)})
+
+        reference_before = export_model(graph) if cfg.reconstruct and calibration is not None else None
+        kept = remove_channels(graph, analysis, masks)
+
+        fits = []
+        if cfg.reconstruct and calibration is not None:
+            fits = self._reconstruct(graph, analysis, kept, reference_before, calibration, ctx)
+        elif cfg.reconstruct:
+            ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
+
+        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
+        after, _ = concrete_costs(graph, ctx.input_shapes)
+        ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
+        ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}}
+        return PassResult(
+            changed=True,
+            stats={
+                "groups_pruned": len(masks),
+                "macs_before": before["macs"],
+                "macs_after": after["macs"],
+                "params_before": before["parameters"],
+                "params_after": after["parameters"],
+                "layers_refit": len(fits),
+            },
+        )
+
+    def _criterion(self, calibration, ctx: PassContext) -> str:
+        requested = self.config.importance
+        if requested == "auto":
+            return DEFAULT_CRITERION if calibration is not None else "l2"
+        if requested in ("activation", "obs") and calibration is None:
+            raise CalibrationError(f"channel-prune: importance={requested} needs calibration data; pass --calib DATA or choose l1, l2 or bn")
+        return requested
+
+    def _energy(self, graph: gs.Graph, analysis: Analysis, groups: list[ChannelGroup], calibration) -> dict[str, np.ndarray]:
+        axes = {}
+        for group in groups:
+            for dim in group.dims_of("in"):
+                x = dim.node.inputs[0]
+                if x.name in analysis.dims:
+                    axes[x.name] = analysis.dims[x.name].axis
+        return channel_energy(export_model(graph), axes, calibration)
+
+    def _obs_scores(self, graph: gs.Graph, groups: list[ChannelGroup], calibration, ctx: PassContext) -> dict[int, np.ndarray]:
+        """Greedy OBS ranking per group, capturing consumers' input Gram matrices in memory-bounded batches."""
+        model = export_model(graph)
+        scores: dict[int, np.ndarray] = {}
+        batch, batch_bytes = [], 0
+
+        def flush():
+            nodes = list({id(d.node): d.node for g in batch for d in g.dims_of("in") if refittable(d.node) is None}.values())
+            grams = input_grams(model, nodes, calibration, rows_per_sample=self.config.rows_per_sample, seed=ctx.seed)
+            for group in batch:
+                ranking = obs_ranking(group, grams, keep_at_least=min(self.config.min_channels, group.n_classes))
+                scores[group.gid] = ranking if ranking is not None else group_importance(group, "l2")
+            batch.clear()
+
+        for group in groups:
+            size = sum(_features(d) ** 2 * 8 for d in group.dims_of("in"))
+            if batch and batch_bytes + size > self.config.gram_memory_mb * 2**20:
+                flush()
+                batch_bytes = 0
+            batch.append(group)
+            batch_bytes += size
+        if batch:
+            flush()
+        return scores
+
+    def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx) -> list[dict]:
+        teacher = ctx.teacher
+        teacher_tensors = {o for n in teacher.graph.node for o in n.output} if teacher is not None else set()
+        order = {id(n): i for i, n in enumerate(graph.nodes)}
+        targets, seen = [], set()
+        for node, in_key in analysis.refit:
+            if in_key not in kept or id(node) in seen or id(node) not in order:
+                continue
+            seen.add(id(node))
+            why = refittable(node)
+            if why:
+                ctx.warn(f"channel-prune: {node.name}: not refit ({why})")
+                continue
+            out = node.outputs[0].name
+            original = analysis.dims[out].length if out in analysis.dims else None
+            reference = teacher if out in teacher_tensors else reference_before
+            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before))
+        targets.sort(key=lambda t: order[id(t.node)])
+        return refit_layers(graph, targets, calibration, rows_per_sample=self.config.rows_per_sample, ridge=self.config.ridge, seed=ctx.seed)
+
+    def _report(self, analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx) -> dict:
+        groups = []
+        for group in candidates:
+            kept = int(masks[group.gid].sum()) if group.gid in masks else group.n_classes
+            groups.append({**_describe(group), "kept": kept, "ratio": round(1 - kept / group.n_classes, 4)})
+        blocked = [{**_describe(g), "reasons": g.blocked} for g in analysis.groups if g.blocked]
+        report = {
+            "criterion": criterion,
+            "ratio": round(ratio, 4),
+            "macs_before": before["macs"],
+            "macs_after": after["macs"],
+            "macs_ratio": round(after["macs"] / before["macs"], 4) if before["macs"] else None,
+            "params_before": before["parameters"],
+            "params_after": after["parameters"],
+            "groups_pruned": len(masks),
+            "groups": groups,
+            "blocked": blocked,
+            "skipped": [_describe(g) for g in skipped],
+            "reconstruction": fits,
+        }
+        return report

@@ -1,0 +1,52 @@
+"""Physical removal: slice every tensor and parameter of a pruned group, then fix attributes.
+
+A kept channel's computation is untouched (its filter, BN entries and consumers' columns are
+copied, never rescaled), so before reconstruction every surviving channel of a pruned group
+holds exactly the values it held in the original model, and the channels that went away simply
+no longer exist: the model is smaller and faster, not zero-padded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.passes.prune.groups import Analysis, Dim, const_values
+
+
+def remove_channels(graph: gs.Graph, analysis: Analysis, masks: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """Apply kept-class masks; returns the kept indices of every dim that shrank."""
+    kept: dict[str, np.ndarray] = {}
+    for group in analysis.groups:
+        if group.gid in masks:
+            for dim in group.dims:
+                kept[dim.key] = np.flatnonzero(masks[group.gid][group.classes[dim.key]])
+    taken = set(graph.tensors().keys())
+
+    def fresh(base: str) -> str:
+        name, i = f"{base}_pruned", 1
+        while name in taken:
+            name, i = f"{base}_pruned_{i}", i + 1
+        taken.add(name)
+        return name
+
+    for key, index in kept.items():
+        dim = analysis.dims[key]
+        if dim.tensor is not None:
+            shape = list(dim.tensor.shape)
+            shape[dim.axis] = len(index)
+            dim.tensor.shape = shape
+        else:
+            source = dim.node.inputs[dim.index]
+            values = np.take(const_values(source), index, axis=dim.axis)
+            dim.node.inputs[dim.index] = gs.Constant(fresh(source.name), np.ascontiguousarray(values))
+
+    def new_len(dim: Dim) -> int:
+        return len(kept[dim.key]) if dim.key in kept else dim.length
+
+    touched = {key for key in kept}
+    for fixup in analysis.fixups:
+        if any(d.key in touched for d in fixup.dims):
+            fixup.apply(new_len)
+    graph.cleanup().toposort()
+    return kept
