@@ -48,8 +48,9 @@ class _Keys:
         if isinstance(tensor, gs.Constant):
             key = self.const_keys.get(id(tensor))
             if key is None:
-                values = np.asarray(tensor.values)
-                key = _array_key(values) if values.size <= VALUE_KEY_LIMIT else ("tensor", id(tensor))
+                # Size from the shape first: `.values` loads a lazily imported weight and keeps it.
+                small = int(np.prod(tensor.shape, dtype=np.int64)) <= VALUE_KEY_LIMIT
+                key = _array_key(np.asarray(tensor.values)) if small else ("tensor", id(tensor))
                 self.const_keys[id(tensor)] = key
             return key
         return ("tensor", id(tensor))
