@@ -80,10 +80,14 @@ class ShapeInference(Pass):
         except Exception as exc:
             ctx.warn(f"onnx shape inference failed: {str(exc).splitlines()[0]}")
             inferred = model
-        wanted = self.config.symbolic and not (
-            self.config.symbolic_only_for_shape_ops and not any(n.op_type in ("Shape", "Size") for n in model.graph.node)
-        )
-        if wanted and _has_unknown_dims(inferred):
+        # The symbolic engine earns its cost where onnx left shapes unknown, or where Shape/Size
+        # nodes read dims it can name consistently (so fusion can prove a Reshape target constant).
+        has_shape_ops = any(n.op_type in ("Shape", "Size") for n in model.graph.node)
+        if self.config.symbolic_only_for_shape_ops:
+            wanted = self.config.symbolic and has_shape_ops
+        else:
+            wanted = self.config.symbolic and (has_shape_ops or _has_unknown_dims(inferred))
+        if wanted:
             inferred = _symbolic_inference(inferred, ctx, self.config.symbolic_timeout)
         infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
         tensors = graph.tensors()
