@@ -33,7 +33,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError
-from onnxopt.graphs import import_graph, iter_graphs
+from onnxopt.graphs import constant_input_value, import_graph, iter_graphs
 from onnxopt.inputs import graph_inputs
 
 MIN_OPSET, MAX_OPSET = 9, 20
@@ -161,19 +161,6 @@ def _example_range(dims: list[int | None] | None) -> str:
     return f"{fill(1, 32)}:{fill(8, 64)}:{fill(32, 128)}"
 
 
-def _const(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The value of a constant tensor: an initializer or the output of a Constant node."""
-    if tensor is None:
-        return None
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        value = tensor.inputs[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
-
-
 def _node_label(node: gs.Node) -> str:
     return node.name or f"{node.op}->{node.outputs[0].name if node.outputs else '?'}"
 
@@ -269,13 +256,13 @@ def _quantized_dtype(node: gs.Node) -> np.dtype | None:
     """The integer type a Q produces or a DQ consumes (QuantizeLinear without a zero point is uint8)."""
     zero_point = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     if zero_point is not None:
-        zp = _const(zero_point)
+        zp = constant_input_value(zero_point)
         if zp is not None:
             return zp.dtype
         return np.dtype(zero_point.dtype) if zero_point.dtype is not None else None
     if node.op == "DequantizeLinear":
         x = node.inputs[0]
-        value = _const(x)
+        value = constant_input_value(x)
         if value is not None:
             return value.dtype
         if x.dtype is not None:
@@ -295,10 +282,10 @@ def _dtype_name(dtype: np.dtype | None) -> str:
 def _is_weight_qdq(node: gs.Node) -> bool:
     """A Q/DQ on a constant: DQ(int8 W), or Q(float W) -> DQ, as quantizers emit for weights."""
     x = node.inputs[0]
-    if _const(x) is not None:
+    if constant_input_value(x) is not None:
         return True
     producer = x.inputs[0] if node.op == "DequantizeLinear" and len(x.inputs) == 1 else None
-    return producer is not None and producer.op == "QuantizeLinear" and _const(producer.inputs[0]) is not None
+    return producer is not None and producer.op == "QuantizeLinear" and constant_input_value(producer.inputs[0]) is not None
 
 
 def _expected_weight_axis(dq: gs.Node) -> list[tuple[str, int | None, int]]:
@@ -331,7 +318,7 @@ def _check_qdq(graph: gs.Graph, report: CheckReport, precision: str | None) -> N
         label = _node_label(node)
         qtype = _quantized_dtype(node)
         if qtype is not None and qtype != INT8:
-            if qtype == np.int32 and node.op == "DequantizeLinear" and _const(node.inputs[0]) is not None:
+            if qtype == np.int32 and node.op == "DequantizeLinear" and constant_input_value(node.inputs[0]) is not None:
                 report.add("error", "qdq-type", "an int32 DequantizeLinear (a quantized bias): TensorRT's Q/DQ take int8, and it fuses a float bias itself",
                            "keep biases float32 (e.g. onnxruntime's quantizer: extra_options QuantizeBias=False)", label)
             elif str(qtype) in ("float8_e4m3fn", "int4"):
@@ -340,14 +327,14 @@ def _check_qdq(graph: gs.Graph, report: CheckReport, precision: str | None) -> N
             else:
                 report.add("error", "qdq-type", f"{node.op} uses {_dtype_name(qtype)}; TensorRT's explicit quantization is signed int8",
                            "quantize to int8 with zero point 0 (symmetric); uint8 activations are not accepted", label)
-        scale = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        scale = constant_input_value(node.inputs[1]) if len(node.inputs) > 1 else None
         if scale is None:
             report.add("error", "qdq-scale", f"{node.op}'s scale is not a constant", "fold the scale into an initializer (constant folding)", label)
         elif not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             report.add("error", "qdq-scale", f"{node.op} has a zero, negative or non-finite scale", "recalibrate: scales must be positive and finite", label)
         zero_point = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
         if zero_point is not None:
-            zp = _const(zero_point)
+            zp = constant_input_value(zero_point)
             if zp is None:
                 report.add("error", "qdq-zero-point", f"{node.op}'s zero point is not a constant", "use a constant zero point of 0", label)
             elif np.any(zp != 0):
@@ -373,7 +360,7 @@ def _check_qdq(graph: gs.Graph, report: CheckReport, precision: str | None) -> N
                     report.add("error", "qdq-unpaired", f"QuantizeLinear feeds {consumer.op}, not DequantizeLinear; TensorRT needs Q followed by DQ",
                                "insert the matching DequantizeLinear (same scale) after the Q", label)
                 else:
-                    dq_scale = _const(consumer.inputs[1]) if len(consumer.inputs) > 1 else None
+                    dq_scale = constant_input_value(consumer.inputs[1]) if len(consumer.inputs) > 1 else None
                     if scale is not None and dq_scale is not None and (scale.shape != dq_scale.shape or not np.allclose(scale, dq_scale)):
                         report.add("warning", "qdq-scale-mismatch", "a Q/DQ pair uses different scales, so TensorRT requantizes between them",
                                    "give the pair the same scale", label)
@@ -388,9 +375,9 @@ def _check_axis(node: gs.Node, scale: np.ndarray, report: CheckReport, label: st
     axis = int(node.attrs.get("axis", 1))
     x = node.inputs[0]
     rank = len(x.shape) if x.shape is not None else None
-    weight = _const(x)
+    weight = constant_input_value(x)
     if weight is None and len(x.inputs) == 1 and x.inputs[0].op == "QuantizeLinear":
-        weight = _const(x.inputs[0].inputs[0])
+        weight = constant_input_value(x.inputs[0].inputs[0])
     if rank is None and weight is not None:
         rank = weight.ndim
     if rank:

@@ -62,6 +62,20 @@ def const_value(tensor: gs.Tensor) -> np.ndarray:
     return np.asarray(tensor.values)
 
 
+def constant_input_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant input, whether an initializer or the output of a Constant node
+    (Paddle and TF exports keep weights in Constant nodes); None for anything computed."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 

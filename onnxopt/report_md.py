@@ -6,18 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from onnxopt.report import CompileReport
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if value and (abs(value) < 1e-3 or abs(value) >= 1e6) else f"{value:.{digits}f}"
-    return str(value)
+from onnxopt.report_html import num
 
 
 def _cell(text: Any) -> str:
@@ -60,7 +49,7 @@ def render_markdown(report: CompileReport) -> str:
         )
     if isinstance(b.get("size_bytes"), (int, float)):
         rows.append(["size", f"{b['size_bytes'] / 1e6:.2f} MB", f"{a['size_bytes'] / 1e6:.2f} MB", _relative(b["size_bytes"], a["size_bytes"])])
-    rows.append(["nodes", _num(b.get("nodes")), _num(a.get("nodes")), _relative(b.get("nodes"), a.get("nodes"))])
+    rows.append(["nodes", num(b.get("nodes")), num(a.get("nodes")), _relative(b.get("nodes"), a.get("nodes"))])
     if b.get("macs"):
         rows.append(["MACs", f"{b['macs'] / 1e9:.3f} G", f"{a['macs'] / 1e9:.3f} G", _relative(b["macs"], a["macs"])])
     ev = report.evaluation
@@ -108,7 +97,7 @@ def render_markdown(report: CompileReport) -> str:
         lines += ["", "<details><summary>Time per operator type (top 10)</summary>", ""]
         lines += _table(
             ["op", "original ms", "optimized ms"],
-            [[op, _num(before.get(op, {}).get("ms_per_run")), _num(after.get(op, {}).get("ms_per_run"))] for op in ops],
+            [[op, num(before.get(op, {}).get("ms_per_run")), num(after.get(op, {}).get("ms_per_run"))] for op in ops],
             "lrr",
         )
         lines += ["", "</details>"]
@@ -117,7 +106,7 @@ def render_markdown(report: CompileReport) -> str:
         lines += ["", "<details><summary>Fidelity per output</summary>", ""]
         out_rows = []
         for name, d in ev["outputs"].items():
-            out_rows.append([f"`{name}`", _num(d.get("cosine"), 6), _num(d.get("max_abs")), _num(d.get("mean_abs")), f"{d['top1_agreement'] * 100:.2f}%" if d.get("top1_agreement") is not None else "–"])
+            out_rows.append([f"`{name}`", num(d.get("cosine"), 6), num(d.get("max_abs")), num(d.get("mean_abs")), f"{d['top1_agreement'] * 100:.2f}%" if d.get("top1_agreement") is not None else "–"])
         lines += _table(["output", "cosine", "max abs", "mean abs", "top-1 agreement"], out_rows, "lrrrr")
         lines += ["", "</details>"]
 
@@ -142,9 +131,9 @@ def _artifact(value: Any) -> list[str]:
         columns: list[str] = []
         for record in value:
             columns += [k for k in record if k not in columns]
-        rows = [[_num(r.get(c), 4) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c)) for c in columns] for r in value[:30]]
+        rows = [[num(r.get(c), 4) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c)) for c in columns] for r in value[:30]]
         more = ["", f"{len(value) - 30} more rows in the JSON report."] if len(value) > 30 else []
         return _table(columns, rows) + more
     if isinstance(value, dict):
-        return _table(["key", "value"], [[k, _num(v, 4) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)] for k, v in value.items()])
+        return _table(["key", "value"], [[k, num(v, 4) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)] for k, v in value.items()])
     return ["```", json.dumps(value, indent=1, default=str)[:3000], "```"]

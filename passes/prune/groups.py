@@ -24,7 +24,7 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graphs import has_subgraph, iter_graphs
+from onnxopt.graphs import constant_input_value, has_subgraph, iter_graphs
 
 UNARY_OPS = {
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
@@ -38,17 +38,6 @@ REDUCE_OPS = {
     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
 }
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-
-
-def const_values(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a constant input, whether an initializer or the output of a Constant node."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        value = tensor.inputs[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
 
 
 def _static_shape(tensor: gs.Tensor) -> list | None:
@@ -160,7 +149,7 @@ class _Builder:
         return self._new_dim(tensor.name, int(shape[axis]), axis, tensor=tensor)
 
     def param(self, node: gs.Node, index: int, axis: int, role: str = "") -> Dim | None:
-        values = const_values(node.inputs[index])
+        values = constant_input_value(node.inputs[index])
         if values is None or axis >= values.ndim:
             return None
         key = f"{self._node_key(node)}#{index}@{axis}"
@@ -250,7 +239,7 @@ class _Builder:
         if extra_outputs_used:
             return self.block_node(node, "a second output (e.g. a Dropout mask) is used")
         for t in node.inputs[1:]:
-            values = const_values(t) if t.name else None
+            values = constant_input_value(t) if t.name else None
             if t.name and (values is None or values.size != 1):
                 return self.block_node(node, "non-scalar parameters")
         self.passthrough(node, src, dst)
@@ -271,7 +260,7 @@ class _Builder:
         rank = len(out_shape)
         tracked, out_axis = [], None
         for t in node.inputs:
-            if not t.name or const_values(t) is not None:
+            if not t.name or constant_input_value(t) is not None:
                 continue
             shape = _static_shape(t)
             dim = self.act(t)
@@ -295,7 +284,7 @@ class _Builder:
         for dim in tracked:
             self.tie_same(dim, out_dim, node.op)
         for index, t in enumerate(node.inputs):
-            values = const_values(t) if t.name else None
+            values = constant_input_value(t) if t.name else None
             if values is None:
                 continue
             axis = out_axis - (rank - values.ndim)
@@ -307,7 +296,7 @@ class _Builder:
 
     def _op_Conv(self, node: gs.Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
-        weight = const_values(w)
+        weight = constant_input_value(w)
         if weight is None:
             return self.block_node(node, "weights are not constant")
         group = int(node.attrs.get("group", 1))
@@ -351,7 +340,7 @@ class _Builder:
         self.mac_nodes.append(MacNode(node, scaling))
 
     def _op_ConvTranspose(self, node: gs.Node) -> None:
-        weight = const_values(node.inputs[1])
+        weight = constant_input_value(node.inputs[1])
         if weight is None or int(node.attrs.get("group", 1)) != 1 or "output_shape" in node.attrs:
             return self.block_node(node, "only constant, ungrouped ConvTranspose without output_shape is analysed")
         scaling = []
@@ -375,7 +364,7 @@ class _Builder:
 
     def _op_Gemm(self, node: gs.Node) -> None:
         a = node.inputs[0]
-        weight = const_values(node.inputs[1])
+        weight = constant_input_value(node.inputs[1])
         if weight is None or node.attrs.get("transA", 0):
             return self.block_node(node, "weights not constant or A transposed")
         trans_b = int(node.attrs.get("transB", 0))
@@ -387,7 +376,7 @@ class _Builder:
             self.tie_same(out, wout, "Gemm weight")
             scaling.append(out.key)
             if len(node.inputs) > 2 and node.inputs[2].name:
-                bias = const_values(node.inputs[2])
+                bias = constant_input_value(node.inputs[2])
                 if bias is None:
                     self.block([out], f"Gemm {node.name!r}: bias is not constant")
                 elif bias.ndim >= 1 and bias.shape[-1] == out.length and out.length > 1:
@@ -405,7 +394,7 @@ class _Builder:
 
     def _op_MatMul(self, node: gs.Node) -> None:
         a, b = node.inputs[0], node.inputs[1]
-        weight = const_values(b)
+        weight = constant_input_value(b)
         if weight is None or weight.ndim != 2:
             return self.block_node(node, "only MatMul by a constant 2-D weight is analysed")
         out_shape = _static_shape(node.outputs[0])
@@ -459,7 +448,7 @@ class _Builder:
         if "pads" in node.attrs:
             pads = np.asarray(node.attrs["pads"])
         else:
-            pads = const_values(node.inputs[1]) if len(node.inputs) > 1 else None
+            pads = constant_input_value(node.inputs[1]) if len(node.inputs) > 1 else None
         has_axes = len(node.inputs) > 3 and node.inputs[3].name
         rank = len(node.inputs[0].shape)
         if pads is None or has_axes or pads[dim.axis] != 0 or pads[dim.axis + rank] != 0:
@@ -475,7 +464,7 @@ class _Builder:
             return self.block_node(node, "resizes the channel axis or output shape unknown")
         sizes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
         if sizes is not None:
-            values = const_values(sizes)
+            values = constant_input_value(sizes)
             if values is None:
                 return self.block_node(node, "sizes are computed at run time")
             out = self.passthrough(node, node.inputs[0], node.outputs[0])
@@ -491,7 +480,7 @@ class _Builder:
             return
 
         def apply(new_len, node=node, index=index, position=position, dim=dim, factor=factor):
-            values = const_values(node.inputs[index]).copy()
+            values = constant_input_value(node.inputs[index]).copy()
             values[position] = new_len(dim) * factor
             node.inputs[index] = gs.Constant(f"{node.inputs[index].name}_pruned", values)
 
@@ -503,7 +492,7 @@ class _Builder:
         if out_shape is None:
             return self.block_node(node, "output shape unknown")
         axis = int(node.attrs.get("axis", 0)) % len(out_shape)
-        dims = [self.act(t) if const_values(t) is None else None for t in node.inputs]
+        dims = [self.act(t) if constant_input_value(t) is None else None for t in node.inputs]
         if all(d is None for d in dims):
             return
         if any(d is None for d in dims) or len({d.axis for d in dims}) != 1:
@@ -567,7 +556,7 @@ class _Builder:
         if "axes" in node.attrs:
             return list(node.attrs["axes"])
         if len(node.inputs) > index and node.inputs[index].name:
-            values = const_values(node.inputs[index])
+            values = constant_input_value(node.inputs[index])
             return None if values is None else [int(v) for v in np.atleast_1d(values)]
         return []
 
@@ -670,7 +659,7 @@ class _Builder:
         if inner is None:
             return self.block_node(node, "mixes channels with other axes")
         out_axis = dim.axis
-        target = const_values(node.inputs[1])
+        target = constant_input_value(node.inputs[1])
         if target is None and not self._shape_independent_of(node.inputs[1], {dim.length, out_shape[out_axis]}):
             return self.block_node(node, "target shape is computed from values that pruning changes")
         out_dim = self._merge_inner(node, dim, out_axis, inner)
@@ -685,7 +674,7 @@ class _Builder:
             if t.name in seen:
                 continue
             seen.add(t.name)
-            constant = const_values(t)
+            constant = constant_input_value(t)
             if constant is not None:
                 if constant.dtype.kind in "iu" and set(np.atleast_1d(constant).tolist()) & (values - {1}):
                     return False
@@ -710,7 +699,7 @@ class _Builder:
         if dim is None:
             return
         rank = len(node.inputs[0].shape)
-        starts = const_values(node.inputs[1]) if len(node.inputs) > 1 else None
+        starts = constant_input_value(node.inputs[1]) if len(node.inputs) > 1 else None
         axes = self._axes(node, 3) if len(node.inputs) > 3 else list(range(len(starts) if starts is not None else 0))
         if starts is None or axes is None or dim.axis in [a % rank for a in axes]:
             return self.block_node(node, "slices the channel axis (or slice bounds not constant)")

@@ -21,7 +21,8 @@ import fnmatch
 
 import numpy as np
 
-from onnxopt.passes.prune.groups import Analysis, ChannelGroup, const_values
+from onnxopt.graphs import constant_input_value
+from onnxopt.passes.prune.groups import Analysis, ChannelGroup
 
 CRITERIA = ("l1", "l2", "bn", "activation", "obs")
 
@@ -42,7 +43,7 @@ def group_importance(group: ChannelGroup, criterion: str, energy: dict[str, np.n
     score = np.zeros(group.n_classes)
     if criterion == "bn":
         for dim in group.dims_of("bn-scale"):
-            _add(score, group.classes[dim.key], np.abs(const_values(dim.node.inputs[dim.index]).astype(np.float64)))
+            _add(score, group.classes[dim.key], np.abs(constant_input_value(dim.node.inputs[dim.index]).astype(np.float64)))
         if score.any():
             return score
         criterion = "l2"
@@ -50,14 +51,14 @@ def group_importance(group: ChannelGroup, criterion: str, energy: dict[str, np.n
         for dim in group.dims_of("in"):
             x = dim.node.inputs[0]
             if energy and x.name in energy and len(energy[x.name]) == dim.length:
-                norms = _slice_norms(const_values(dim.node.inputs[dim.index]), dim.axis, 2)
+                norms = _slice_norms(constant_input_value(dim.node.inputs[dim.index]), dim.axis, 2)
                 _add(score, group.classes[dim.key], norms * np.sqrt(energy[x.name]))
         if score.any():
             return score
         criterion = "l2"
     order = 1 if criterion == "l1" else 2
     for dim in group.dims_of("out") + group.dims_of("in"):
-        _add(score, group.classes[dim.key], _slice_norms(const_values(dim.node.inputs[dim.index]), dim.axis, order))
+        _add(score, group.classes[dim.key], _slice_norms(constant_input_value(dim.node.inputs[dim.index]), dim.axis, order))
     return score
 
 

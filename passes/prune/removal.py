@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.prune.groups import Analysis, Dim, const_values
+from onnxopt.graphs import constant_input_value
+from onnxopt.passes.prune.groups import Analysis, Dim
 
 
 def remove_channels(graph: gs.Graph, analysis: Analysis, masks: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
@@ -38,7 +39,7 @@ def remove_channels(graph: gs.Graph, analysis: Analysis, masks: dict[int, np.nda
             dim.tensor.shape = shape
         else:
             source = dim.node.inputs[dim.index]
-            values = np.take(const_values(source), index, axis=dim.axis)
+            values = np.take(constant_input_value(source), index, axis=dim.axis)
             dim.node.inputs[dim.index] = gs.Constant(fresh(source.name), np.ascontiguousarray(values))
 
     def new_len(dim: Dim) -> int:

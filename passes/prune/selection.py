@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.passes.prune.groups import ChannelGroup, Dim, const_values
+from onnxopt.graphs import constant_input_value
+from onnxopt.passes.prune.groups import ChannelGroup, Dim
 
 
 class _Consumer:
     """One consumer's inverse Gram and optimally compensated weights, over its live features."""
 
     def __init__(self, dim: Dim, gram: np.ndarray, damp: float):
-        weight = np.asarray(const_values(dim.node.inputs[dim.index]), dtype=np.float64)
+        weight = np.asarray(constant_input_value(dim.node.inputs[dim.index]), dtype=np.float64)
         per = int(np.prod(weight.shape[2:])) if dim.node.op == "Conv" else 1
         if dim.node.op == "Conv":
             w = weight.reshape(weight.shape[0], -1).T
