@@ -166,6 +166,8 @@ def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext, timeout: float
     import multiprocessing
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":
+        _symbolic_engine()  # imported once here (sympy is slow to import), inherited by every fork
     context = multiprocessing.get_context(method)
     parent, child = context.Pipe(duplex=False)
     process = context.Process(target=_symbolic_worker, args=(model.SerializeToString(), child), daemon=True)
