@@ -101,7 +101,7 @@ def test_refuses_to_overwrite_input(model_path):
 
 
 def test_reserved_target_exit_2(model_path):
-    result = run("compile", model_path, "--target", "trt-int8")
+    result = run("compile", model_path, "--target", "ort-fp16")
     assert result.exit_code == 2 and "not available yet" in result.output
 
 

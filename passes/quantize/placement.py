@@ -141,7 +141,7 @@ def is_residual_add(node: gs.Node) -> bool:
 
 
 def classifier_nodes(graph: gs.Graph) -> set[str]:
-    """Weighted nodes whose output reaches a graph output through shape-only ops: the final classifier."""
+    """Weighted nodes whose output reaches a graph output through shape ops, a bias or a softmax: the final classifier."""
     found = set()
     outputs = {t.name for t in graph.outputs}
     for node in graph.nodes:
@@ -152,7 +152,7 @@ def classifier_nodes(graph: gs.Graph) -> set[str]:
             if tensor.name in outputs:
                 found.add(node.name)
                 break
-            if len(tensor.outputs) != 1 or tensor.outputs[0].op not in ("Reshape", "Flatten", "Squeeze", "Add"):
+            if len(tensor.outputs) != 1 or tensor.outputs[0].op not in ("Reshape", "Flatten", "Squeeze", "Add", "Softmax", "LogSoftmax", "Sigmoid"):
                 break
             tensor = tensor.outputs[0].outputs[0]
     return found
