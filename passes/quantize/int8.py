@@ -58,7 +58,7 @@ class QuantizeInt8Config:
     keep_float: tuple[str, ...] = option((), "node names or op types to keep in float")
     attention: bool = option(False, "also quantize MatMuls between two activations (attention scores); fragile")
     metric: Literal["cosine", "agreement"] = option("cosine", "fidelity metric of the --max-drop budget (points vs the float model)")
-    max_drop: float = option(1.0, "default budget in metric points when --max-drop is not given; negative: no fallback")
+    max_drop: float = option(0.1, "default budget in metric points when --max-drop is not given (cosine: 0.1 means >= 0.999 on calibration data); negative: no fallback")
     sensitivity_samples: int = option(16, "calibration samples used to rank layer sensitivity")
     max_fallback: float = option(0.5, "at most this fraction of int8 layers may fall back to float")
     latency_aware: bool = option(True, "ORT: measure each op category int8 vs float here and keep slower ones float")
@@ -123,21 +123,27 @@ class QuantizeInt8(Pass):
             ctx.warn(f"{self.name}: nothing to quantize in this model")
             return PassResult(changed=bool(prep["batchnorm_folded"] or prep["pads_merged"]), stats=prep)
 
+        clock = _Clock()
         hists, seen = collect_histograms(float_model, list(plan.activations), data, bins=cfg.bins)
         if seen == 0:
             raise CalibrationError("the calibration data yielded no samples")
         params = self._activation_params(plan, hists, rules)
+        clock.lap("calibration")
         weights, rounding = self._weights(float_model, fg, {**plan.weights, **self._dynamic_specs(fg, rules, why_float)}, data, ctx)
 
+        clock.lap("weights")
         reference = run_all(float_model, data)
         fidelity = Fidelity(reference, ctx.options.get("metric") or cfg.metric)
         state = _State(float_model, fg, rules, plan, params, weights, why_float, attention=cfg.attention)
 
         choice = self._choose_matmul_mode(state, fidelity, data, ctx)
+        clock.lap("matmul_mode")
         if cfg.bias_correction:
             self._correct_biases(state, data)
+            clock.lap("bias_correction")
         if cfg.latency_aware and rules.name == "ort":
             self._latency_fallback(state, data, ctx)
+            clock.lap("latency")
         budget = ctx.options.get("max_drop")
         budget = cfg.max_drop if budget is None else float(budget)
         model, summary = state.build(), None
@@ -148,6 +154,7 @@ class QuantizeInt8(Pass):
             if summary["drop"] > budget:
                 ctx.warn(f"{self.name}: fidelity drop {summary['drop']:.3g} ({fidelity.name}) stays above the budget {budget:g} after falling back {len(fallback_log)} layers")
 
+        clock.lap("fidelity_and_fallback")
         self._replace(graph, model)
         report = {
             "rules": rules.name,
@@ -164,6 +171,7 @@ class QuantizeInt8(Pass):
             "fallback_steps": fallback_log,
             "latency_by_category": state.latency_log,
             "seconds": round(time.perf_counter() - started, 2),
+            "seconds_by_stage": clock.laps,
         }
         ctx.artifacts["report:quantize"] = report
         ctx.artifacts["quantize:params"] = {k: (p.scale, p.zero_point) for k, p in state.params.items()}
@@ -201,15 +209,20 @@ class QuantizeInt8(Pass):
         ranges: dict[str, Range] = {
             name: activation_range(hists[name], cfg.calibrator, symmetric=rules.symmetric, percentile=cfg.percentile) for name in plan.activations
         }
-        for group in plan.groups:
-            members = [m for m in group if m in ranges]
-            if members:
-                joint = ranges[members[0]]
-                for m in members[1:]:
-                    joint = joint.union(ranges[m])
-                for m in members:
-                    ranges[m] = joint
-        return {name: qparams(r, rules.symmetric, plan.bounds.get(name)) for name, r in ranges.items()}
+        params = {name: qparams(r, rules.symmetric, plan.bounds.get(name)) for name, r in ranges.items()}
+        for group in plan.groups:  # one scale and zero point, bit for bit, or ORT will not pass int8 through
+            members = sorted(m for m in group if m in ranges)
+            if not members:
+                continue
+            joint = ranges[members[0]]
+            for m in members[1:]:
+                joint = joint.union(ranges[m])
+            bounds = [plan.bounds[m] for m in members if m in plan.bounds]
+            bound = (max(b[0] for b in bounds), min(b[1] for b in bounds)) if bounds else None
+            shared = qparams(joint, rules.symmetric, bound)
+            for m in members:
+                params[m] = shared
+        return params
 
     def _weights(self, float_model, graph, specs, data, ctx) -> dict[str, QuantWeight]:
         cfg = self.config
@@ -305,6 +318,17 @@ class QuantizeInt8(Pass):
         graph.outputs = new.outputs
         graph.opset = new.opset
         graph.cleanup().toposort()
+
+
+class _Clock:
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
 
 
 def _count(values) -> dict[str, int]:

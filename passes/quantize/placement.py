@@ -136,6 +136,15 @@ def _follow_activation(tensor: gs.Tensor, graph_outputs: set[str]) -> tuple[gs.T
     return tensor, bounds
 
 
+def _from_conv(tensor: gs.Tensor) -> bool:
+    """Produced by a Conv, directly or through Relu/Clip: the CNN residual QLinearAdd is made for.
+    (A transformer's residual stream has outliers int8 cannot hold; its Adds stay float.)"""
+    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    while node is not None and node.op in ACTIVATIONS:
+        node = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
+    return node is not None and node.op in ("Conv", "ConvTranspose")
+
+
 def is_residual_add(node: gs.Node) -> bool:
     return node.op == "Add" and len(node.inputs) == 2 and not any(is_const(t) for t in node.inputs)
 
@@ -167,7 +176,7 @@ def eligible(node: gs.Node, rules: TargetRules, attention: bool) -> bool:
     if node.op in rules.extra_ops:
         inputs = _activation_inputs(node)
         if node.op == "Add":
-            return is_residual_add(node) and len(inputs) == 2
+            return is_residual_add(node) and len(inputs) == 2 and any(_from_conv(t) for t in inputs)
         return bool(inputs) and len(inputs) == len([t for t in node.inputs if t.name])
     return False
 
@@ -230,15 +239,27 @@ def make_plan(graph: gs.Graph, rules: TargetRules, float_nodes: set[str] = froze
 
 
 def _passthrough(graph: gs.Graph, rules: TargetRules, plan: QuantPlan, float_nodes: set[str], outputs: set[str]) -> None:
-    """MaxPool and shape-only ops carry a quantized input's scale on to their output."""
+    """MaxPool and shape-only ops carry a quantized input's scale on to their output, when an int8
+    node reads it (a Q/DQ pair in front of a float op would only cost time)."""
+    carried = []
     for node in graph.nodes:  # topological order: chains propagate
         if node.op not in rules.passthrough_ops or node.name in float_nodes or not node.inputs:
             continue
         src, out = node.inputs[0], node.outputs[0]
         if src.name in plan.activations and out.name not in outputs and is_float_tensor(out) and len(node.outputs) == 1:
+            if out.name not in plan.activations:
+                carried.append(node)
             plan.activations.setdefault(out.name, None)
-            _join(plan, {src.name, out.name})
             plan.nodes.append(node.name)
+    quantized = set(plan.nodes)
+    for node in reversed(carried):
+        if not any(c.name in quantized for c in node.outputs[0].outputs):
+            del plan.activations[node.outputs[0].name]
+            plan.nodes.remove(node.name)
+            quantized.discard(node.name)
+    for node in carried:
+        if node.name in quantized:
+            _join(plan, {node.inputs[0].name, node.outputs[0].name})
 
 
 def _concat_groups(graph: gs.Graph, plan: QuantPlan) -> None:

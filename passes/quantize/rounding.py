@@ -64,5 +64,5 @@ def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: i
             w1[:, :, i:] -= err[:, :, None] * h1[:, i, i:][:, None, :]
             err1[:, :, i] = err
         if i2 < k:
-            w[:, :, i2:] -= np.einsum("gob,gbk->gok", err1, hinv[:, i1:i2, i2:])
+            w[:, :, i2:] -= np.matmul(err1, hinv[:, i1:i2, i2:])
     return q

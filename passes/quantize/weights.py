@@ -117,7 +117,7 @@ def gptq_weights(
 def _output_error(matrix: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
     """||X (W - W_hat)||^2 summed over output channels, from the Gram matrix of X."""
     d = matrix - approx
-    return float(np.einsum("gok,gkl,gol->", d, hessian, d))
+    return float(np.sum(np.matmul(d, hessian) * d))
 
 
 def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps) -> tuple[QuantWeight, str]:
@@ -182,7 +182,7 @@ def bias_corrections(
         groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
         error = matrix_view(weight - weights[name].dequantized(), node.op, groups, spec.transpose)
         mean = sums[name] / rows_seen[name]  # (groups, K)
-        shifts[name] = np.einsum("gok,gk->go", error, mean).reshape(-1).astype(np.float32)
+        shifts[name] = np.matmul(error, mean[:, :, None])[..., 0].reshape(-1).astype(np.float32)
     return shifts
 
 
