@@ -37,6 +37,9 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return exposed
 
 
+with_outputs = _with_outputs  # public name for the passes that stream activations themselves
+
+
 def capture(model: onnx.ModelProto, names: list[str], data: Iterable[Feeds], max_samples: int | None = None) -> dict[str, np.ndarray]:
     """Run the model on the data and return each named tensor, samples concatenated on axis 0."""
     session = make_session(_with_outputs(model, list(names)), opt_level="basic")

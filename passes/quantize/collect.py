@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnxopt.passes.quantize.histogram import StreamingHistogram
-from onnxopt.passes.reconstruct import _with_outputs
+from onnxopt.passes.reconstruct import with_outputs
 from onnxopt.runtime import make_session
 
 Feeds = dict[str, np.ndarray]
@@ -40,7 +40,7 @@ def collect_histograms(
     hists = {name: StreamingHistogram(bins) for name in names}
     if not names:
         return hists, 0
-    session = make_session(_with_outputs(model, names), opt_level="basic")
+    session = make_session(with_outputs(model, names), opt_level="basic")
     total = data.known_length() if hasattr(data, "known_length") else None
     progress = progress_bar()
     seen = 0

@@ -28,7 +28,6 @@ from onnxopt.passes.quantize.collect import collect_histograms
 from onnxopt.passes.quantize.fidelity import Fidelity, relative_error, run_all
 from onnxopt.passes.quantize.latency import category, paired_speedup
 from onnxopt.passes.quantize.placement import (
-    FRAGILE_OPS,
     WEIGHTED_OPS,
     QuantPlan,
     TargetRules,
@@ -185,11 +184,9 @@ class QuantizeInt8(Pass):
         cfg = self.config
         why: dict[str, str] = {}
         keep = set(cfg.keep_float)
-        for node in graph.nodes:
+        for node in graph.nodes:  # Softmax, LayerNorm and friends are never quantized: no rule places Q/DQ there
             if node.name in keep or node.op in keep:
                 why[node.name] = "kept float on request (keep_float)"
-            elif node.op in FRAGILE_OPS:
-                pass  # never quantized by the rules; listed only when they would have been
         if cfg.final_layer == "float":
             for name in classifier_nodes(graph):
                 why.setdefault(name, "final classifier (set final_layer = \"int8\" to quantize it)")
@@ -295,17 +292,36 @@ class QuantizeInt8(Pass):
         order = sorted(layers, key=lambda n: -scores[n])
         limit = max(1, int(len(layers) * cfg.max_fallback))
         steps = sorted(set(list(range(1, 9)) + [int(round(8 * 1.5**i)) for i in range(1, 20)]))
+        steps = [k for k in steps if k <= limit] or [limit]
         log = []
         best = (state.build(), summary, [])
-        for k in [s for s in steps if s <= limit] or [limit]:
+        tried: dict[int, tuple] = {}
+
+        def attempt(k: int) -> bool:
             chosen = order[:k]
             model = state.build(extra_float=set(chosen))
             result = fidelity.summary(run_all(model, data))
+            tried[k] = (model, result, chosen)
             log.append({"float_layers": k, "drop": round(result["drop"], 4), "added": chosen[-1]})
-            if result["drop"] < best[1]["drop"]:
-                best = (model, result, chosen)
-            if result["drop"] <= budget:
+            return result["drop"] <= budget
+
+        low = 0
+        for k in steps:  # grow geometrically until the budget holds, then bisect for the fewest float layers
+            if attempt(k):
+                high = k
+                while high - low > 1:
+                    mid = (low + high) // 2
+                    if attempt(mid):
+                        high = mid
+                    else:
+                        low = mid
+                best = tried[high]
                 break
+            low = k
+        else:
+            passing = min(tried.values(), key=lambda t: t[1]["drop"])
+            if passing[1]["drop"] < best[1]["drop"]:
+                best = passing
         model, result, chosen = best
         for name in chosen:
             state.why_float[name] = f"sensitivity: relative output error {scores[name]:.3g} with only this layer in int8 (rank {order.index(name) + 1}); float to meet --max-drop"
@@ -365,7 +381,16 @@ class _State:
         return self._ops.get(name, "?")
 
     def plan_now(self, extra_float: set[str] = frozenset()) -> QuantPlan:
-        return make_plan(self.graph, self.rules, set(self.why_float) | set(extra_float) | self.dynamic, attention=self.attention)
+        """The plan with these layers float. A tensor only a fallback made quantizable (TensorRT's
+        residual Add whose other branch's Conv went float) has no calibrated range: that Add stays float."""
+        plan = make_plan(self.graph, self.rules, set(self.why_float) | set(extra_float) | self.dynamic, attention=self.attention)
+        uncalibrated = [name for name in plan.activations if name not in self.params]
+        for name in uncalibrated:
+            readers = plan.activations.pop(name)
+            for node in readers or ():
+                if node in plan.nodes and self._ops.get(node) == "Add":
+                    plan.nodes.remove(node)
+        return plan
 
     def quantized_layers(self) -> list[str]:
         """The units fallback decides on: weighted nodes and the ops with int8 kernels (not pass-through ones)."""

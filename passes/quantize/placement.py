@@ -28,7 +28,6 @@ import onnx_graphsurgeon as gs
 from onnxopt.graphs import const_value, is_const
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-FRAGILE_OPS = ("Softmax", "LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Div", "Erf", "Exp", "Log")
 ACTIVATIONS = ("Relu", "Clip")
 ORT_PASSTHROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 ORT_EXTRA = ("Add", "GlobalAveragePool", "AveragePool", "Concat")
@@ -241,20 +240,22 @@ def make_plan(graph: gs.Graph, rules: TargetRules, float_nodes: set[str] = froze
 def _passthrough(graph: gs.Graph, rules: TargetRules, plan: QuantPlan, float_nodes: set[str], outputs: set[str]) -> None:
     """MaxPool and shape-only ops carry a quantized input's scale on to their output, when an int8
     node reads it (a Q/DQ pair in front of a float op would only cost time)."""
-    carried = []
+    carried, added = [], set()
     for node in graph.nodes:  # topological order: chains propagate
         if node.op not in rules.passthrough_ops or node.name in float_nodes or not node.inputs:
             continue
         src, out = node.inputs[0], node.outputs[0]
         if src.name in plan.activations and out.name not in outputs and is_float_tensor(out) and len(node.outputs) == 1:
             if out.name not in plan.activations:
-                carried.append(node)
+                added.add(out.name)
+            carried.append(node)
             plan.activations.setdefault(out.name, None)
             plan.nodes.append(node.name)
     quantized = set(plan.nodes)
     for node in reversed(carried):
-        if not any(c.name in quantized for c in node.outputs[0].outputs):
-            del plan.activations[node.outputs[0].name]
+        out = node.outputs[0].name
+        if out in added and not any(c.name in quantized for c in node.outputs[0].outputs):
+            del plan.activations[out]
             plan.nodes.remove(node.name)
             quantized.discard(node.name)
     for node in carried:

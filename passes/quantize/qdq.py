@@ -42,11 +42,7 @@ def qparams(rng: Range, symmetric: bool, bounds: tuple[float, float] | None = No
     if bounds is not None:
         rng = Range(max(rng.lo, bounds[0]), min(rng.hi, bounds[1]))
     if symmetric:
-        bound = max(abs(rng.lo), abs(rng.hi), 1e-8)
-        scale = _at_most(bound, 127)
-        if bounds is not None and bounds[0] > -np.inf:
-            scale = _at_most(min(bound, -bounds[0]) if bounds[0] < 0 else bound, 127)
-        return QParams(scale, 0, np.int8)
+        return QParams(_at_most(max(abs(rng.lo), abs(rng.hi), 1e-8), 127), 0, np.int8)
     width = max(rng.hi - rng.lo, 1e-8)
     scale = float(np.float32(width / 255.0))
     zero_point = int(np.clip(np.round(-rng.lo / scale), 0, 255))

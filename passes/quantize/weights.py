@@ -22,7 +22,7 @@ from onnxopt.passes.quantize.collect import progress_bar
 from onnxopt.passes.quantize.placement import WeightSpec
 from onnxopt.passes.quantize.qdq import QuantWeight
 from onnxopt.passes.quantize.rounding import from_matrix_view, gptq, matrix_view
-from onnxopt.passes.reconstruct import _with_outputs, gram, layer_input_rows
+from onnxopt.passes.reconstruct import with_outputs, gram, layer_input_rows
 from onnxopt.runtime import make_session
 
 
@@ -93,7 +93,7 @@ def gptq_weights(
     for chunk in chunks:
         inputs = {name: nodes[name].inputs[0].name for name in chunk}
         tensor_names = list(dict.fromkeys(inputs.values()))
-        session = make_session(_with_outputs(float_model, tensor_names), opt_level="basic")
+        session = make_session(with_outputs(float_model, tensor_names), opt_level="basic")
         fit: dict[str, np.ndarray] = {}
         held_out: dict[str, np.ndarray] = {}
         progress = progress_bar()
@@ -163,7 +163,7 @@ def bias_corrections(
     nodes = {n.name: n for n in graph.nodes}
     student_inputs = _node_inputs(student, specs)
     names = list(dict.fromkeys(student_inputs.values()))
-    session = make_session(_with_outputs(student, names), opt_level="disable")
+    session = make_session(with_outputs(student, names), opt_level="disable")
     sums: dict[str, np.ndarray] = {}
     rows_seen: dict[str, int] = {}
     for feeds in data:

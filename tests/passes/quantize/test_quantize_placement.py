@@ -167,3 +167,32 @@ def test_nothing_to_quantize_leaves_the_graph_alone():
     result = compile_int8(model, [{"x": np.ones((1, 4), np.float32)}])
     assert ops(result.model) == ["Softmax"]
     assert any("nothing to quantize" in w for w in result.report.warnings)
+
+
+def test_ort_passes_int8_through_maxpool_with_one_shared_scale(tmp_path):
+    r = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["y"], name="gap"),
+    ]
+    inits = [init("w1", (r.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)), init("w2", (r.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32))]
+    model = make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 8, 1, 1])], inits)
+    q = compile_int8(model, images(12)).model
+    pool = next(n for n in q.graph.node if n.op_type == "MaxPool")
+    dq_in, q_out = producer(q, pool.input[0]), consumers(q, pool.output[0])[0]
+    assert q_out.op_type == "QuantizeLinear"
+    assert initializer(q, dq_in.input[1]) == initializer(q, q_out.input[1])  # bit-identical scale
+    assert initializer(q, dq_in.input[2]) == initializer(q, q_out.input[2])
+    fused = ort_fused_ops(q, tmp_path)
+    assert fused["QLinearConv"] == 2 and fused["NhwcMaxPool"] == 1 and "MaxPool" not in fused
+    assert mean_cosine(model, q, images(12, seed=5)) > 0.995
+
+
+def test_trt_fallback_of_a_conv_before_a_residual_add_keeps_a_valid_plan():
+    model, data = conv_net(with_softmax=False), images(16)
+    q = compile_int8(model, data, target="trt-int8", keep_float=("conv2",), options={"max_drop": 0.0}, max_fallback=1.0).model
+    assert check_trt_qdq(q) == []

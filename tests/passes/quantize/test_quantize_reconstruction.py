@@ -53,3 +53,23 @@ def test_bias_correction_removes_the_mean_error_of_rounded_weights():
         quant_out = capture(q, ["c2"], data)["c2"]
         errors[corrected] = np.abs((float_out - quant_out).mean(axis=(0, 2, 3))).mean()
     assert errors[True] < 0.5 * errors[False]
+
+
+def test_layer_input_rows_reproduce_a_grouped_conv():
+    from onnx import helper
+
+    from onnxopt.passes.reconstruct import gram, layer_input_rows
+    from tests.conftest import init, make_model, tensor
+
+    r = np.random.default_rng(4)
+    w = r.standard_normal((6, 2, 3, 3)).astype(np.float32)  # 3 groups of 2 input channels
+    attrs = {"group": 3, "pads": [1, 0, 1, 2], "strides": [2, 1]}
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], [tensor("x", [1, 6, 7, 7])], [tensor("y", ["n", 6, "h", "w"])], [init("w", w)])
+    x = r.standard_normal((1, 6, 7, 7)).astype(np.float32)
+    y = capture(model, ["y"], [{"x": x}])["y"]
+    rows = layer_input_rows(x, "Conv", attrs, w.shape)  # (positions, groups, K)
+    per_group = w.reshape(3, 2, -1)  # (groups, out per group, K)
+    ours = np.einsum("rgk,gok->rgo", rows, per_group).reshape(rows.shape[0], 6)
+    np.testing.assert_allclose(ours, np.moveaxis(y, 1, -1).reshape(-1, 6), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gram(rows)[1], rows[:, 1].astype(np.float64).T @ rows[:, 1], rtol=1e-5)
+    assert layer_input_rows(x, "Conv", attrs, w.shape, max_rows=5).shape == (5, 3, 18)
