@@ -136,6 +136,7 @@ def peak_rss_mb() -> float:
 
 
 def _child(fn_name, args, queue):
+    os.chdir(Path(args[2]).parent)  # ORT's pre-processing leaves temporary files in the working folder
     start = time.perf_counter()
     try:
         note = globals()[fn_name](*args)
