@@ -39,6 +39,9 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return exposed
 
 
+with_outputs = _with_outputs  # public name for the passes that stream activations themselves
+
+
 def capture(model: onnx.ModelProto, names: list[str], data: Iterable[Feeds], max_samples: int | None = None) -> dict[str, np.ndarray]:
     """Run the model on the data and return each named tensor, samples concatenated on axis 0."""
     session = make_session(_with_outputs(model, list(names)), opt_level="basic")
@@ -455,3 +458,41 @@ def input_grams(model: onnx.ModelProto, nodes: list[gs.Node], data: Iterable[Fee
             mean = s.x_sum / s.rows
             grams[id(node)] = s.xtx / s.rows - (np.outer(mean, mean) if centered else 0.0)
     return grams
+
+
+# -- input statistics for rounding-aware reconstruction (GPTQ-style) ------------------------------
+
+
+def layer_input_rows(
+    x: np.ndarray,
+    op: str,
+    attrs: dict,
+    weight_shape: tuple[int, ...],
+    *,
+    max_rows: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A layer's input as rows (rows, groups, K): what each output channel's K weights multiply.
+
+    Conv: im2col patches split by group (K = C/groups * KH * KW); Gemm/MatMul: the last axis
+    (groups = 1). `max_rows` keeps a random subset, so huge feature maps stay cheap; the Gram
+    matrix is an average, so subsampling rows leaves it unbiased.
+    """
+    if op == "Conv":
+        if x.ndim != 4:
+            raise ValueError("layer_input_rows handles 2-D convolutions only")
+        groups = int(attrs.get("group", 1))
+        cols = conv_patches(x, attrs, (weight_shape[2], weight_shape[3]))
+        rows = cols.reshape(cols.shape[0], groups, -1)
+    else:
+        rows = x.reshape(-1, 1, x.shape[-1])
+    if max_rows is not None and rows.shape[0] > max_rows:
+        rng = rng or np.random.default_rng(0)
+        rows = rows[np.sort(rng.choice(rows.shape[0], size=max_rows, replace=False))]
+    return rows
+
+
+def gram(rows: np.ndarray) -> np.ndarray:
+    """Per group X^T X of (rows, groups, K) input rows: (groups, K, K), in float64."""
+    r = np.ascontiguousarray(rows.transpose(1, 0, 2), dtype=np.float32)  # (groups, rows, K): BLAS per group
+    return np.matmul(r.transpose(0, 2, 1), r).astype(np.float64)

@@ -100,9 +100,10 @@ def test_refuses_to_overwrite_input(model_path):
     assert result.exit_code == 2 and "never overwrites its input" in result.output
 
 
-def test_reserved_target_exit_2(model_path):
-    result = run("compile", model_path, "--target", "trt-int8")
-    assert result.exit_code == 2 and "not available yet" in result.output
+def test_int8_target_without_calibration_exit_2(model_path, tmp_path):
+    result = run("compile", model_path, "--target", "ort-int8", "-o", tmp_path / "q.onnx")
+    assert result.exit_code == 2 and "needs calibration data" in result.output
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_bad_set_option_names_valid_ones(model_path):

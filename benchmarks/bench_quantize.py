@@ -1,0 +1,339 @@
+"""onnxopt ort-int8 against ONNX Runtime's own quantize_static (and the float model), in one run.
+
+    python benchmarks/bench_quantize.py [--only efficientnet_lite0 minilm fashion_cnn resnet50_shaped] [--iters 100]
+
+Every quantizer gets the same calibration samples (the zoo's calib/ folders, the example's
+calib/) and is judged on held-out real inputs it never saw (eval/ folders, Fashion-MNIST test
+images with labels). ORT quantize_static runs in its recommended flow: quant_pre_process (shape
+inference and ORT's float optimizations, e.g. BatchNorm folding), then QDQ with per-channel
+int8 weights and uint8 activations, MinMax and Entropy calibration. Each quantization runs in a
+fresh process, so its wall time and peak resident memory are its own. Latency is the paired ORT
+ratio against the float model (alternating runs, median of per-pair ratios, 95% CI).
+Writes benchmarks/results/quantize.md (and .json).
+
+The ResNet-50-shaped model has random weights: only its latency means anything, so it is
+calibrated on real photo crops but quantized without GPTQ and without the accuracy budget
+(rounding=nearest, max_drop=-1), which changes nothing about its speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads fight ORT's on small machines
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def zoo_paths(name):
+    from onnxopt.models.zoo import load_zoo_model
+
+    return load_zoo_model(name)
+
+
+def load_folder(folder: Path, model: onnx.ModelProto):
+    from onnxopt.calibration import open_calibration
+
+    return list(open_calibration(folder, model))
+
+
+def fashion_eval():
+    ex = ROOT / "models" / "example"
+    images = np.load(ex / "eval.npz")["input"]
+    labels = np.load(ex / "eval_labels.npy")
+    return [{"input": images[i : i + 1]} for i in range(len(images))], labels
+
+
+def sentence_embedding(output, feeds):
+    mask = feeds["attention_mask"][..., None].astype(np.float32)
+    return (output["last_hidden_state"] * mask).sum(axis=1) / mask.sum(axis=1)
+
+
+# -- quantizers (each runs in its own process) ----------------------------------------------------
+
+
+class FolderReader:
+    """ORT's CalibrationDataReader over the same samples onnxopt reads."""
+
+    def __init__(self, samples):
+        self.samples = samples
+        self.index = 0
+
+    def get_next(self):
+        if self.index >= len(self.samples):
+            return None
+        self.index += 1
+        return self.samples[self.index - 1]
+
+    def rewind(self):
+        self.index = 0
+
+
+def _ort_static(model_path, calib_dir, out_path, method):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    model = onnx.load(model_path)
+    samples = load_folder(Path(calib_dir), model)
+    pre = out_path + ".pre.onnx"
+    note = ""
+    try:
+        quant_pre_process(model_path, pre)
+    except Exception as exc:  # pre-processing is optional; say so when it fails
+        pre, note = model_path, f"quant_pre_process failed ({type(exc).__name__}); quantized without it"
+    quantize_static(
+        pre, out_path, FolderReader(samples), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[method],
+    )
+    return note
+
+
+def _ort_dynamic(model_path, calib_dir, out_path, method):
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    pre = out_path + ".pre.onnx"
+    try:
+        quant_pre_process(model_path, pre)
+    except Exception:
+        pre = model_path
+    quantize_dynamic(pre, out_path, per_channel=True, weight_type=QuantType.QInt8)
+    return ""
+
+
+def _onnxopt(model_path, calib_dir, out_path, target, overrides=(), input_shapes=None):
+    import onnxopt
+
+    result = onnxopt.compile(model_path, target=target, calibration=calib_dir, output=out_path, overrides=list(overrides),
+                             emit="onnx", profile=False, input_shapes=input_shapes)
+    with open(out_path + ".report.json", "w") as handle:
+        json.dump(result.report.artifacts.get("quantize", {}), handle, default=str)
+    return ""
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's from before exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(fn_name, args, queue):
+    os.chdir(Path(args[2]).parent)  # ORT's pre-processing leaves temporary files in the working folder
+    start = time.perf_counter()
+    try:
+        note = globals()[fn_name](*args)
+        queue.put({"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb(), "note": note})
+    except Exception as exc:
+        queue.put({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+
+
+def run_isolated(fn_name, *args):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn_name, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+# -- measurement ----------------------------------------------------------------------------------
+
+
+def outputs(model, data):
+    from onnxopt.passes.quantize.fidelity import run_all
+
+    return run_all(model, data)
+
+
+def fidelity(kind, reference, candidate, data, labels=None):
+    from onnxopt.evaluation import cosine
+
+    if kind == "sentences":
+        cos = [cosine(sentence_embedding(r, f), sentence_embedding(c, f)) for r, c, f in zip(reference, candidate, data)]
+        return {"mean_cosine": float(np.mean(cos)), "min_cosine": float(np.min(cos))}
+    key = next(iter(reference[0]))
+    ref = np.concatenate([r[key] for r in reference])
+    cand = np.concatenate([c[key] for c in candidate])
+    out = {
+        "top1_agreement": float(np.mean(ref.argmax(1) == cand.argmax(1))),
+        "mean_cosine": float(np.mean([cosine(a, b) for a, b in zip(ref, cand)])),
+    }
+    if labels is not None:
+        out["accuracy"] = float(np.mean(cand.argmax(1) == labels))
+    return out
+
+
+def latency(float_model, candidate, feeds, iters):
+    from onnxopt.backends.ort import OrtBackend
+
+    comparison = OrtBackend().compare(float_model, candidate, feeds, warmup=max(iters // 10, 3), iters=iters)
+    return {"speedup": comparison.speedup, "ci95": [comparison.ci_low, comparison.ci_high],
+            "float_ms": comparison.baseline.p50_ms, "int8_ms": comparison.candidate.p50_ms}
+
+
+# -- the models -----------------------------------------------------------------------------------
+
+
+def cases(only):
+    photos_calib = None
+    all_cases = []
+    try:
+        path, calib, evals = zoo_paths("efficientnet_lite0")
+        photos_calib = calib
+        all_cases.append(dict(name="efficientnet_lite0", path=path, calib=calib, eval=evals, kind="logits", fidelity=True))
+    except Exception as exc:
+        print(f"skipping efficientnet_lite0: {exc}", file=sys.stderr)
+    try:
+        path, calib, evals = zoo_paths("minilm")
+        all_cases.append(dict(name="minilm", path=path, calib=calib, eval=evals, kind="sentences", fidelity=True, dynamic_baseline=True,
+                              shapes={"input_ids": (1, 32), "attention_mask": (1, 32), "token_type_ids": (1, 32)}))
+    except Exception as exc:
+        print(f"skipping minilm: {exc}", file=sys.stderr)
+    ex = ROOT / "models" / "example"
+    if (ex / "fashion_cnn.onnx").exists():
+        all_cases.append(dict(name="fashion_cnn", path=ex / "fashion_cnn.onnx", calib=ex / "calib", eval=None, kind="labels", fidelity=True))
+    if photos_calib is not None:
+        from onnxopt.models.builders import resnet50_shaped
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench-q-"))
+        onnx.save(resnet50_shaped(), tmp / "resnet50_shaped.onnx")
+        all_cases.append(dict(name="resnet50_shaped", path=tmp / "resnet50_shaped.onnx", calib=photos_calib, eval=None, kind="latency",
+                              fidelity=False, overrides=["quantize-int8.rounding=nearest", "quantize-int8.max_drop=-1"]))
+    return [c for c in all_cases if not only or c["name"] in only]
+
+
+def bench_case(case, iters, workdir):
+    name = case["name"]
+    float_model = onnx.load(str(case["path"]))
+    if case["kind"] == "labels":
+        eval_data, labels = fashion_eval()
+    elif case["eval"] is not None:
+        eval_data, labels = load_folder(case["eval"], float_model), None
+    else:
+        eval_data, labels = load_folder(case["calib"], float_model)[:1], None
+    reference = outputs(float_model, eval_data) if case["fidelity"] else None
+    variants = [
+        ("onnxopt ort-int8", "_onnxopt", ("ort-int8", case.get("overrides", ()), case.get("shapes"))),
+        ("ORT quantize_static MinMax", "_ort_static", ("minmax",)),
+        ("ORT quantize_static Entropy", "_ort_static", ("entropy",)),
+    ]
+    if case["fidelity"] and case["kind"] != "labels":
+        looser = ("ort-int8", tuple(case.get("overrides", ())) + ("quantize-int8.max_drop=1.0",), case.get("shapes"))
+        variants.insert(1, ("onnxopt ort-int8, budget 1.0", "_onnxopt", looser))
+    if case.get("dynamic_baseline"):
+        variants.append(("ORT quantize_dynamic", "_ort_dynamic", ("",)))
+    if case["kind"] in ("logits", "labels"):
+        variants.append(("onnxopt trt-int8 (run in ORT)", "_onnxopt", ("trt-int8", case.get("overrides", ()), case.get("shapes"))))
+    rows = []
+    float_row = {"variant": "float (original)"}
+    if case["fidelity"]:
+        float_row.update(fidelity(case["kind"], reference, reference, eval_data, labels))
+    rows.append(float_row)
+    for label, fn, args in variants:
+        out = str(workdir / f"{name}.{label.split()[0]}.{abs(hash(label))}.onnx")
+        print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
+        run = run_isolated(fn, str(case["path"]), str(case["calib"]), out, *args)
+        row = {"variant": label}
+        if "error" in run:
+            row["error"] = run["error"]
+            rows.append(row)
+            continue
+        row.update({"quantize_seconds": run["seconds"], "peak_mb": run["peak_mb"]})
+        if run.get("note"):
+            row["note"] = run["note"]
+        model = onnx.load(out)
+        if case["fidelity"]:
+            row.update(fidelity(case["kind"], reference, outputs(model, eval_data), eval_data, labels))
+        if "trt-int8" in label:
+            from onnxopt.passes.quantize.trt_rules import check_trt_qdq
+
+            row["trt_rules_violations"] = len(check_trt_qdq(model))
+        else:
+            row.update(latency(float_model, model, eval_data[0], iters))
+        if Path(out + ".report.json").exists():
+            report = json.loads(Path(out + ".report.json").read_text())
+            row["float_layers"] = [f"{f['node']}: {f['why']}" for f in report.get("float_layers", [])]
+            row["matmul_mode"] = report.get("matmul_mode")
+            row["latency_by_category"] = report.get("latency_by_category")
+        rows.append(row)
+    return {"model": name, "eval_samples": len(eval_data) if case["fidelity"] else 0, "rows": rows}
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def fmt(value, spec):
+    return "" if value is None else format(value, spec)
+
+
+def markdown(results, args) -> str:
+    lines = ["# Int8 quantization: onnxopt ort-int8 vs ONNX Runtime quantize_static", ""]
+    lines.append(f"Run: `python benchmarks/bench_quantize.py{' --only ' + ' '.join(args.only) if args.only else ''} --iters {args.iters}` on "
+                 f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, onnxruntime "
+                 f"{__import__('onnxruntime').__version__}, {time.strftime('%Y-%m-%d')}.")
+    lines.append("Fidelity is measured on held-out real inputs the calibration never saw; speedup is float time / int8 time "
+                 "(paired, alternating runs; 95% CI). Calibration: the same samples for every quantizer. `onnxopt ort-int8` is the "
+                 "recipe's default budget (fidelity drop <= 0.1 cosine points on the calibration data); `budget 1.0` is "
+                 "`--max-drop 1.0`, the latency end of the trade-off.")
+    lines.append("")
+    for res in results:
+        lines.append(f"## {res['model']} ({res['eval_samples']} held-out samples)" if res["eval_samples"] else f"## {res['model']} (latency only)")
+        lines.append("")
+        lines.append("| variant | top-1 agreement | cosine (mean) | accuracy | speedup vs float (95% CI) | quantize s | peak MB |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for row in res["rows"]:
+            if "error" in row:
+                lines.append(f"| {row['variant']} | failed: {row['error']} | | | | | |")
+                continue
+            speed = f"{row['speedup']:.2f}x ({row['ci95'][0]:.2f}-{row['ci95'][1]:.2f})" if "speedup" in row else (
+                f"n/a (TensorRT target; {row['trt_rules_violations']} rule violations)" if "trt_rules_violations" in row else "1.00x")
+            lines.append(
+                f"| {row['variant']} | {fmt(row.get('top1_agreement'), '.3f')} | {fmt(row.get('mean_cosine'), '.4f')} | "
+                f"{fmt(row.get('accuracy'), '.4f')} | {speed} | {fmt(row.get('quantize_seconds'), '.0f')} | {fmt(row.get('peak_mb'), '.0f')} |"
+            )
+        for row in res["rows"]:
+            if row.get("float_layers") or row.get("matmul_mode"):
+                lines.append("")
+                lines.append(f"{row['variant']}: MatMul mode {row.get('matmul_mode')}; float layers: "
+                             + ("; ".join(row.get("float_layers") or []) or "none"))
+            if row.get("note"):
+                lines.append(f"\n{row['variant']}: {row['note']}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--iters", type=int, default=100)
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-quantize-"))
+    results = [bench_case(case, args.iters, workdir) for case in cases(args.only)]
+    suffix = "" if not args.only else "." + "-".join(args.only)
+    (RESULTS / f"quantize{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
+    (RESULTS / f"quantize{suffix}.md").write_text(markdown(results, args))
+    print(markdown(results, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Measure, on this machine, whether int8 makes a group of nodes faster or slower than float.
+
+Int8 is not always faster: on CPUs without VNNI, depthwise convolutions and small adds often
+run slower quantized than in float, because requantizing costs more than the arithmetic saves.
+So each op category is measured, not guessed: the model with the category quantized against the
+same model with that category left float, run interleaved in one process (paired ratios, the
+median of them, spinning off so the two sessions do not steal each other's cores).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt import profiling
+from onnxopt.runtime import make_session
+
+
+def category(node: gs.Node) -> str:
+    """The op category latency is decided for: depthwise convs apart from dense ones."""
+    if node.op == "Conv":
+        group = int(node.attrs.get("group", 1))
+        return "Conv-depthwise" if group > 1 and group == node.inputs[1].shape[0] else ("Conv-grouped" if group > 1 else "Conv")
+    return node.op
+
+
+def paired_speedup(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray], iters: int = 30) -> profiling.LatencyComparison:
+    """How much faster `candidate` runs than `baseline` (median of interleaved pairs)."""
+    base = make_session(baseline, spinning=False)
+    cand = make_session(candidate, spinning=False)
+    b_names = [o.name for o in base.get_outputs()]
+    c_names = [o.name for o in cand.get_outputs()]
+    return profiling.compare(lambda: base.run(b_names, feeds), lambda: cand.run(c_names, feeds), warmup=max(iters // 6, 2), iters=iters)

@@ -1,0 +1,68 @@
+"""Rounding weights to int8 so the layer's output, not the weight, stays close: GPTQ.
+
+Round-to-nearest minimizes each weight's own error; what matters is the error of X W on real
+inputs. GPTQ (Frantar et al. 2022, from Optimal Brain Quantization) rounds one input column at
+a time and pushes the rounding error onto the columns not yet rounded, weighted by the inverse
+of the inputs' Gram matrix H = X^T X, which is the closed-form least-squares correction. It
+needs only calibration inputs, no training; scales stay the per-channel ones chosen before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def matrix_view(weight: np.ndarray, op: str, groups: int, transposed: bool) -> np.ndarray:
+    """A weight as (groups, out per group, K): the rows GPTQ rounds."""
+    if op == "Conv":
+        out = weight.shape[0]
+        return weight.reshape(groups, out // groups, -1)
+    w2 = weight.T if transposed else weight
+    return w2.reshape(1, w2.shape[0], w2.shape[1])
+
+
+def from_matrix_view(matrix: np.ndarray, shape: tuple[int, ...], op: str, transposed: bool) -> np.ndarray:
+    if op == "Conv":
+        return matrix.reshape(shape)
+    w2 = matrix.reshape(matrix.shape[1], matrix.shape[2])
+    return w2.T if transposed else w2
+
+
+def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: int = 127, damp: float = 0.01, block: int = 128) -> np.ndarray:
+    """Integer weights (groups, out, K) minimizing ||X (W - s q)||^2 column by column.
+
+    `weight` is (groups, out, K), `scales` (groups, out), `hessian` (groups, K, K) = sum X^T X.
+    """
+    w = weight.astype(np.float64).copy()
+    h = hessian.astype(np.float64).copy()
+    groups, out, k = w.shape
+    s = scales.astype(np.float64)[..., None]
+    diag = np.einsum("gkk->gk", h)
+    dead = diag <= 0
+    if dead.any():
+        gi, ki = np.nonzero(dead)
+        h[gi, ki, ki] = 1.0
+        w[gi, :, ki] = 0.0
+    mean_diag = np.einsum("gkk->gk", h).mean(axis=1)
+    h += (damp * mean_diag)[:, None, None] * np.eye(k)[None]
+    try:
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper factor
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(w / s), -qmax, qmax)
+    q = np.zeros_like(w)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[:, :, i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        h1 = hinv[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, :, i]
+            qcol = np.clip(np.round(col / s[..., 0]), -qmax, qmax)
+            q[:, :, i1 + i] = qcol
+            d = h1[:, i, i][:, None]
+            err = (col - qcol * s[..., 0]) / d
+            w1[:, :, i:] -= err[:, :, None] * h1[:, i, i:][:, None, :]
+            err1[:, :, i] = err
+        if i2 < k:
+            w[:, :, i2:] -= np.matmul(err1, hinv[:, i1:i2, i2:])
+    return q

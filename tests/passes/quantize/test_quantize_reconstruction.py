@@ -1,0 +1,75 @@
+"""GPTQ rounding and bias correction recover what round-to-nearest loses; validation guards overfitting."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.passes.quantize.placement import WeightSpec
+from onnxopt.passes.quantize.rounding import gptq
+from onnxopt.passes.quantize.weights import _validated_gptq
+from onnxopt.passes.reconstruct import capture
+from tests.passes.quantize.qmodels import compile_int8, conv_net, images
+
+
+def correlated_inputs(rows=4000, k=48, seed=0):
+    r = np.random.default_rng(seed)
+    basis = r.standard_normal((8, k))
+    return r.standard_normal((rows, 8)) @ basis + 0.05 * r.standard_normal((rows, k))
+
+
+def test_gptq_beats_round_to_nearest_on_the_layer_output():
+    x = correlated_inputs()
+    w = np.random.default_rng(1).standard_normal((1, 16, x.shape[1]))
+    s = np.abs(w).max(axis=2) / 127
+    h = (x.T @ x)[None]
+    q = gptq(w, s, h)
+    assert q.dtype.kind == "f" and np.all(q == np.round(q)) and np.abs(q).max() <= 127
+    nearest = np.clip(np.round(w / s[..., None]), -127, 127)
+    err = lambda qq: np.linalg.norm(x @ (w[0] - qq[0] * s[0][:, None]).T)
+    assert err(q) < 0.5 * err(nearest)
+
+
+def test_validation_falls_back_to_nearest_when_gptq_would_overfit():
+    k = 32
+    r = np.random.default_rng(2)
+    fit_x = r.standard_normal((400, 4)) @ r.standard_normal((4, k))  # inputs in a 4-d subspace
+    val_x = r.standard_normal((400, k))  # held-out inputs everywhere
+    weight = r.standard_normal((8, k)).astype(np.float32)
+    node = gs.Node("Gemm", inputs=[gs.Variable("x"), gs.Constant("w", weight)], outputs=[gs.Variable("y")], attrs={"transB": 1})
+    spec = WeightSpec(1, 0)
+    _, choice = _validated_gptq(node, spec, (fit_x.T @ fit_x)[None], (val_x.T @ val_x)[None], "minmax", (0.01,))
+    assert choice == "nearest"
+    _, choice = _validated_gptq(node, spec, (val_x.T @ val_x)[None], (val_x.T @ val_x)[None], "minmax", (0.01,))
+    assert choice.startswith("gptq")
+
+
+def test_bias_correction_removes_the_mean_error_of_rounded_weights():
+    model, data = conv_net(with_softmax=False), images(16)
+    errors = {}
+    for corrected in (False, True):
+        q = compile_int8(model, data, target="trt-int8", rounding="nearest", bias_correction=corrected).model
+        float_out = capture(model, ["c2"], data)["c2"]
+        quant_out = capture(q, ["c2"], data)["c2"]
+        errors[corrected] = np.abs((float_out - quant_out).mean(axis=(0, 2, 3))).mean()
+    assert errors[True] < 0.5 * errors[False]
+
+
+def test_layer_input_rows_reproduce_a_grouped_conv():
+    from onnx import helper
+
+    from onnxopt.passes.reconstruct import gram, layer_input_rows
+    from tests.conftest import init, make_model, tensor
+
+    r = np.random.default_rng(4)
+    w = r.standard_normal((6, 2, 3, 3)).astype(np.float32)  # 3 groups of 2 input channels
+    attrs = {"group": 3, "pads": [1, 0, 1, 2], "strides": [2, 1]}
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], [tensor("x", [1, 6, 7, 7])], [tensor("y", ["n", 6, "h", "w"])], [init("w", w)])
+    x = r.standard_normal((1, 6, 7, 7)).astype(np.float32)
+    y = capture(model, ["y"], [{"x": x}])["y"]
+    rows = layer_input_rows(x, "Conv", attrs, w.shape)  # (positions, groups, K)
+    per_group = w.reshape(3, 2, -1)  # (groups, out per group, K)
+    ours = np.einsum("rgk,gok->rgo", rows, per_group).reshape(rows.shape[0], 6)
+    np.testing.assert_allclose(ours, np.moveaxis(y, 1, -1).reshape(-1, 6), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gram(rows)[1], rows[:, 1].astype(np.float64).T @ rows[:, 1], rtol=1e-5)
+    assert layer_input_rows(x, "Conv", attrs, w.shape, max_rows=5).shape == (5, 3, 18)
