@@ -230,7 +230,7 @@ class EvaluationResult:
             a = self.accuracy
             lines.append(
                 f"accuracy ({a['output']}, {a['labels']} labels): top-1 {a['original']['top1'] * 100:.2f}% -> {a['optimized']['top1'] * 100:.2f}% "
-                f"({a['drop_top1_pts']:.2f} pts lost)"
+                f"({abs(a['drop_top1_pts']):.2f} pts {'lost' if a['drop_top1_pts'] > 0 else 'gained'})"
                 + (
                     f" · top-5 {a['original']['top5'] * 100:.2f}% -> {a['optimized']['top5'] * 100:.2f}% (drop {a['drop_top5_pts']:+.2f} pts)"
                     if a["original"].get("top5") is not None

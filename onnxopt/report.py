@@ -77,7 +77,7 @@ class CompileReport:
             acc = self.evaluation.get("accuracy")
             if acc:
                 lines.append(
-                    f"accuracy top-1 {acc['original']['top1'] * 100:.2f}% -> {acc['optimized']['top1'] * 100:.2f}% ({acc['drop_top1_pts']:.2f} pts lost)"
+                    f"accuracy top-1 {acc['original']['top1'] * 100:.2f}% -> {acc['optimized']['top1'] * 100:.2f}% ({abs(acc['drop_top1_pts']):.2f} pts {'lost' if acc['drop_top1_pts'] > 0 else 'gained'})"
                 )
         for w in self.warnings:
             lines.append(f"warning: {w}")
