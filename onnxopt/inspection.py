@@ -43,16 +43,8 @@ def model_summary(
         for tensor in graph.inputs:
             if tensor.name in by_name:
                 tensor.shape = list(by_name[tensor.name])
-        get_pass("shape-inference")().run(graph, PassContext())
+        get_pass("shape-inference")(symbolic=False).run(graph, PassContext())  # dims are concrete here: onnx inference suffices
         summary.update(graph_costs(graph))
         summary["cost_shapes"] = {name: list(shape) for name, shape in by_name.items()}
     return summary
 
-
-def shape_inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every tensor's shape annotated, for tools that read value_info."""
-    from onnxopt.pipeline import PassContext, get_pass
-
-    graph = import_graph(model)
-    get_pass("shape-inference")().run(graph, PassContext())
-    return export_model(graph, model)
