@@ -7,7 +7,7 @@ from typing import Any
 import onnx
 
 from onnxopt.costs import graph_costs, op_histogram
-from onnxopt.graphs import export_model, import_graph, node_count
+from onnxopt.graphs import import_graph, node_count
 from onnxopt.inputs import graph_inputs, input_specs
 from onnxopt.ir import model_size_bytes
 
