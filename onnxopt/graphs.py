@@ -183,12 +183,21 @@ def make_const(name: str, value: np.ndarray) -> gs.Constant:
     return gs.Constant(name, np.ascontiguousarray(value))
 
 
-def unique_name(graph: gs.Graph, base: str) -> str:
-    """A tensor/node name not used anywhere in the graph."""
-    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-    if base not in taken:
-        return base
-    i = 1
-    while f"{base}_{i}" in taken:
-        i += 1
-    return f"{base}_{i}"
+class FreshNames:
+    """Names not yet used anywhere in a graph (subgraphs included); each call reserves one.
+
+    Built once per rewrite, so naming many new tensors stays cheap.
+    """
+
+    def __init__(self, graph: gs.Graph):
+        self.taken: set[str] = set()
+        for sub in iter_graphs(graph):
+            self.taken.update(sub.tensors().keys())
+            self.taken.update(n.name for n in sub.nodes)
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.taken:
+            name, i = f"{base}_{i}", i + 1
+        self.taken.add(name)
+        return name

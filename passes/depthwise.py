@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.costs import concrete_costs
 from onnxopt.errors import ConfigError
-from onnxopt.graphs import export_model
+from onnxopt.graphs import FreshNames, export_model
 from onnxopt.passes.reconstruct import LayerTarget, input_grams, refit_layers
 from onnxopt.pipeline import Pass, PassContext, PassResult, get_pass, option, register_pass
 
@@ -205,19 +205,6 @@ def choose_by_flops(forms: dict[int, list[Form]], macs: dict[int, int], total: i
 # -- rewriting -------------------------------------------------------------------------------------
 
 
-def _names(graph: gs.Graph):
-    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-
-    def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
-
-    return fresh
-
-
 def substitute(graph: gs.Graph, conv: gs.Node, form: Form, fresh, split_multiplier: bool = False) -> gs.Node:
     """Replace `conv` by its two-conv form; returns the conv that now produces the original output.
 
@@ -328,7 +315,7 @@ class DepthwiseSeparable(Pass):
             return PassResult(changed=False, stats={"substituted": 0})
 
         reference_before = export_model(graph) if cfg.reconstruct and calibration is not None else None
-        fresh = _names(graph)
+        fresh = FreshNames(graph)
         layers, targets = [], []
         teacher_tensors = {o for n in ctx.teacher.graph.node for o in n.output} if ctx.teacher is not None else set()
         for key, form in chosen.items():

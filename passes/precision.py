@@ -34,7 +34,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.evaluation import output_difference
-from onnxopt.graphs import export_model, has_subgraph, iter_graphs
+from onnxopt.graphs import FreshNames, export_model, has_subgraph, iter_graphs
 from onnxopt.inputs import input_specs, random_feeds
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 from onnxopt.runtime import make_session, run_session
@@ -180,15 +180,7 @@ def _emulation(graph: gs.Graph, plan: dict[int, tuple[list[int], list[int]]]) ->
     casts around them, so it sees little more than weight rounding.
     """
     sim = graph.copy()
-    taken = set(sim.tensors()) | {n.name for n in sim.nodes}
-    counter = itertools.count()
-
-    def fresh(base: str) -> str:
-        name = base
-        while name in taken:
-            name = f"{base}_{next(counter)}"
-        taken.add(name)
-        return name
+    fresh = FreshNames(sim)
 
     rounded: dict[int, gs.Tensor] = {}
     extra: list[gs.Node] = []
@@ -287,14 +279,7 @@ class ConvertFloat16(Pass):
             for j in plan.get(id(node), ((), ()))[1]:
                 converted.add(id(node.outputs[j]))
 
-        taken = set(graph.tensors()) | {n.name for n in graph.nodes}
-
-        def fresh(base: str) -> str:
-            name, i = base, 1
-            while name in taken:
-                name, i = f"{base}_{i}", i + 1
-            taken.add(name)
-            return name
+        fresh = FreshNames(graph)
 
         to16: dict[int, gs.Tensor] = {}
         to32: dict[int, gs.Tensor] = {}

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graphs import has_subgraph, iter_graphs, merge_tensors, node_count
+from onnxopt.graphs import FreshNames, has_subgraph, iter_graphs, merge_tensors, node_count
 from onnxopt.pipeline import Pass, PassContext, PassResult, option
 
 FLOAT_KINDS = "f"
@@ -231,24 +231,11 @@ def other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
     return None
 
 
-class Namer:
-    """Fresh tensor and node names, unique within one run over a model."""
-
-    def __init__(self, graph: gs.Graph):
-        self.taken = set()
-        for sub in iter_graphs(graph):
-            self.taken.update(sub.tensors().keys())
-            self.taken.update(n.name for n in sub.nodes)
-        self.count = 0
+class Namer(FreshNames):
+    """Fresh names for what fusion creates: `<base>_fused`, numbered when taken."""
 
     def __call__(self, base: str) -> str:
-        base = base or "fused"
-        name = f"{base}_fused"
-        while name in self.taken:
-            self.count += 1
-            name = f"{base}_fused_{self.count}"
-        self.taken.add(name)
-        return name
+        return super().__call__(f"{base or 'fused'}_fused")
 
 
 def _nested_node_ids(graph: gs.Graph) -> set[int]:

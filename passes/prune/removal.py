@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graphs import constant_input_value
+from onnxopt.graphs import FreshNames, constant_input_value
 from onnxopt.passes.prune.groups import Analysis, Dim
 
 
@@ -22,14 +22,7 @@ def remove_channels(graph: gs.Graph, analysis: Analysis, masks: dict[int, np.nda
         if group.gid in masks:
             for dim in group.dims:
                 kept[dim.key] = np.flatnonzero(masks[group.gid][group.classes[dim.key]])
-    taken = set(graph.tensors().keys())
-
-    def fresh(base: str) -> str:
-        name, i = f"{base}_pruned", 1
-        while name in taken:
-            name, i = f"{base}_pruned_{i}", i + 1
-        taken.add(name)
-        return name
+    fresh = FreshNames(graph)
 
     for key, index in kept.items():
         dim = analysis.dims[key]
@@ -40,7 +33,7 @@ def remove_channels(graph: gs.Graph, analysis: Analysis, masks: dict[int, np.nda
         else:
             source = dim.node.inputs[dim.index]
             values = np.take(constant_input_value(source), index, axis=dim.axis)
-            dim.node.inputs[dim.index] = gs.Constant(fresh(source.name), np.ascontiguousarray(values))
+            dim.node.inputs[dim.index] = gs.Constant(fresh(f"{source.name}_pruned"), np.ascontiguousarray(values))
 
     def new_len(dim: Dim) -> int:
         return len(kept[dim.key]) if dim.key in kept else dim.length

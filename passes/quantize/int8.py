@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.graphs import export_model, import_graph
-from onnxopt.passes.quantize.calibrators import CALIBRATORS, Range, activation_range
+from onnxopt.passes.quantize.calibrators import Range, activation_range
 from onnxopt.passes.quantize.collect import collect_histograms
 from onnxopt.passes.quantize.fidelity import Fidelity, relative_error, run_all
 from onnxopt.passes.quantize.latency import category, paired_speedup

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graphs import const_value, export_model, import_graph
+from onnxopt.graphs import FreshNames, const_value, export_model, import_graph
 from onnxopt.passes.quantize.calibrators import Range
 from onnxopt.passes.quantize.placement import QuantPlan
 
@@ -77,14 +77,7 @@ class QuantWeight:
 class _Builder:
     def __init__(self, graph: gs.Graph):
         self.graph = graph
-        self.taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-
-    def name(self, base: str) -> str:
-        candidate, i = base, 1
-        while candidate in self.taken:
-            candidate, i = f"{base}_{i}", i + 1
-        self.taken.add(candidate)
-        return candidate
+        self.name = FreshNames(graph)
 
     def const(self, base: str, value: np.ndarray) -> gs.Constant:
         return gs.Constant(self.name(base), np.array(value, order="C"))  # ascontiguousarray would turn a scalar into shape (1,)

@@ -148,7 +148,6 @@ def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps) -> tuple[Quan
         q = gptq(matrix, s[..., 0], h_fit + (h_val if h_val is not None else 0), damp=damp)
     values = from_matrix_view(q, weight.shape, node.op, spec.transpose).astype(np.int8)
     return QuantWeight(values, scales, spec.axis), choice
-    return result
 
 
 def bias_corrections(

@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxopt
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import export_model, import_graph
-from onnxopt.passes.depthwise import DepthwiseSeparable, Form, _names, depthwise_factors, spatial_factors, substitute
+from onnxopt.graphs import FreshNames
+from onnxopt.passes.depthwise import DepthwiseSeparable, Form, depthwise_factors, spatial_factors, substitute
 from onnxopt.pipeline import PassContext
 from onnxopt.runtime import run_model
 from tests.passes import prune_graphs as nets
@@ -84,7 +85,7 @@ def test_rank_m_is_exact_and_a_lower_rank_is_not(split):
     reference = run_model(model, x)["y"]
     for m, exact in ((2, True), (1, False)):
         graph = import_graph(model)
-        substitute(graph, graph.nodes[0], Form("depthwise", m, 0, 0, 0.0), _names(graph), split_multiplier=split)
+        substitute(graph, graph.nodes[0], Form("depthwise", m, 0, 0, 0.0), FreshNames(graph), split_multiplier=split)
         graph.cleanup().toposort()
         out = export_model(graph)
         error = np.abs(run_model(out, x)["y"] - reference).max()
@@ -103,7 +104,7 @@ def test_spatially_separable_form_is_exact_at_full_rank_of_the_unfolded_weight()
     weight = (a @ b.T).reshape(cin, k, cout, k).transpose(2, 0, 1, 3).astype(np.float32)
     model = conv_model(weight, {"strides": [2, 1], "pads": [1, 0, 2, 1], "dilations": [1, 2]})
     graph = import_graph(model)
-    substitute(graph, graph.nodes[0], Form("spatial", rank, 0, 0, 0.0), _names(graph))
+    substitute(graph, graph.nodes[0], Form("spatial", rank, 0, 0, 0.0), FreshNames(graph))
     graph.cleanup().toposort()
     out = export_model(graph)
     assert [s[1] for s in conv_shapes(out)] == [(rank, cin, k, 1), (cout, rank, 1, k)]
