@@ -23,6 +23,9 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.graphs import export_model, import_graph
+from onnxopt.passes.fusion.batchnorm import FoldConvBatchNorm
+from onnxopt.passes.fusion.pad import MergePadConv
+from onnxopt.passes.fusion.rules import apply_rules
 from onnxopt.passes.quantize.calibrators import Range, activation_range
 from onnxopt.passes.quantize.collect import collect_histograms
 from onnxopt.passes.quantize.fidelity import Fidelity, relative_error, run_all
@@ -36,7 +39,6 @@ from onnxopt.passes.quantize.placement import (
     rules_for,
     weight_spec,
 )
-from onnxopt.passes.quantize.prepare import fold_batchnorm, merge_pad
 from onnxopt.passes.quantize.qdq import QParams, QuantWeight, build_qdq_model, qparams
 from onnxopt.passes.quantize.weights import bias_corrections, gptq_weights, round_to_nearest
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
@@ -81,7 +83,11 @@ def _name_nodes(graph: gs.Graph) -> None:
 
 def _prepared_float_model(graph: gs.Graph, ctx: PassContext) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The folded, named, shape-annotated float model the quantizer plans on."""
-    counts = {"batchnorm_folded": fold_batchnorm(graph), "pads_merged": merge_pad(graph)}
+    # Quantization must see the layers as they will run; on a graph fusion already folded these find nothing.
+    counts = {
+        "batchnorm_folded": sum(apply_rules(graph, [FoldConvBatchNorm], ctx).values()),
+        "pads_merged": sum(apply_rules(graph, [MergePadConv], ctx).values()),
+    }
     _name_nodes(graph)
     model = export_model(graph, ctx.teacher)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
