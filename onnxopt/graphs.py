@@ -50,8 +50,6 @@ def _min_ir_version(model: onnx.ModelProto) -> int:
         return onnx.IR_VERSION
 
 
-def default_opset(graph: gs.Graph) -> int:
-    return int(graph.opset)
 
 
 def is_const(tensor: gs.Tensor | None) -> bool:
@@ -80,8 +78,6 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
 
 
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
@@ -179,8 +175,6 @@ def constant_nbytes(tensor: gs.Constant) -> int:
     return int(tensor._values.nbytes)
 
 
-def make_const(name: str, value: np.ndarray) -> gs.Constant:
-    return gs.Constant(name, np.ascontiguousarray(value))
 
 
 class FreshNames:

@@ -44,7 +44,6 @@ class PassContext:
     seed: int = 0
     artifacts: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    latency_fn: Callable[[onnx.ModelProto], float] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # compile-level knobs, e.g. max_drop
     _analyses: dict[str, Any] = field(default_factory=dict, repr=False)
 
