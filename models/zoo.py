@@ -223,12 +223,17 @@ def _line_samples(height: int, width: int, max_chars: int, flip: bool) -> tuple[
     return samples, labels
 
 
-def build_ppocr_rec(out: Path) -> dict:
-    _copy_rapidocr("ppocr_rec", out)
-    samples, labels = _line_samples(48, 320, 16, flip=False)
+def _write_text_line_model(name: str, out: Path, width: int, max_chars: int, flip: bool) -> None:
+    """A rapidocr line model with rendered 48-pixel-high text lines as calib/eval samples and eval labels."""
+    _copy_rapidocr(name, out)
+    samples, labels = _line_samples(48, width, max_chars, flip=flip)
     for folder, feeds in samples.items():
         _save_samples(out / folder, feeds)
     (out / "eval" / "labels.json").write_text(json.dumps(labels["eval"], indent=1))
+
+
+def build_ppocr_rec(out: Path) -> dict:
+    _write_text_line_model("ppocr_rec", out, 320, 16, flip=False)
     return {
         "source": RAPIDOCR_SOURCE.format(file=RAPIDOCR_FILES["ppocr_rec"]),
         "preprocessing": "single English text lines rendered with Pillow, BGR, resized to height 48 keeping "
@@ -241,11 +246,7 @@ def build_ppocr_rec(out: Path) -> dict:
 
 
 def build_ppocr_cls(out: Path) -> dict:
-    _copy_rapidocr("ppocr_cls", out)
-    samples, labels = _line_samples(48, 192, 12, flip=True)
-    for folder, feeds in samples.items():
-        _save_samples(out / folder, feeds)
-    (out / "eval" / "labels.json").write_text(json.dumps(labels["eval"], indent=1))
+    _write_text_line_model("ppocr_cls", out, 192, 12, flip=True)
     return {
         "source": RAPIDOCR_SOURCE.format(file=RAPIDOCR_FILES["ppocr_cls"]),
         "preprocessing": "rendered English text lines, half turned 180 degrees, BGR, resized to height 48 "
