@@ -52,6 +52,55 @@ def _min_ir_version(model: onnx.ModelProto) -> int:
 
 
 
+def _dims(type_proto: onnx.TypeProto) -> list | None:
+    tt = type_proto.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _more_specific(new: list | None, old) -> bool:
+    if new is None:
+        return False
+    if old is None:
+        return True
+    if len(new) != len(old):
+        return False
+    return any(isinstance(n, int) and not isinstance(o, int) for n, o in zip(new, old)) or any(
+        isinstance(n, str) and o is None for n, o in zip(new, old)
+    )
+
+
+def _as_specific(new: list | None, old) -> bool:
+    """Same rank and at least as many fixed dims (symbol names may differ)."""
+    if new is None or old is None or len(new) != len(old):
+        return False
+    fixed = lambda dims: sum(isinstance(d, int) for d in dims)  # noqa: E731
+    return None not in new and fixed(new) >= fixed(old)
+
+
+def annotate_shapes(graph: gs.Graph, inferred: onnx.ModelProto, *, refresh: bool = False) -> int:
+    """Copy dtypes and shapes from a shape-inferred export of `graph` onto its Variables, by name.
+
+    A shape replaces the known one only when more specific, or (`refresh`) when at least as
+    specific and different. Returns how many annotations changed."""
+    tensors = graph.tensors()
+    updated = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tensor = tensors.get(vi.name)
+        if not isinstance(tensor, gs.Variable):
+            continue
+        dims = _dims(vi.type)
+        elem = vi.type.tensor_type.elem_type
+        if tensor.dtype is None and elem:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            updated += 1
+        if _more_specific(dims, tensor.shape) or (refresh and _as_specific(dims, tensor.shape) and dims != list(tensor.shape)):
+            tensor.shape = dims
+            updated += 1
+    return updated
+
+
 def is_const(tensor: gs.Tensor | None) -> bool:
     return isinstance(tensor, gs.Constant)
 

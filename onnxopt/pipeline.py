@@ -77,6 +77,8 @@ class Pass:
     exact: ClassVar[bool] = True
     Config: ClassVar[type] = EmptyConfig
     description: ClassVar[str] = ""
+    # Set from a recipe's `only_if_ops`: the manager skips the pass unless the graph holds one of these ops.
+    only_if_ops: frozenset[str] = frozenset()
 
     def __init__(self, config: Any = None, **options: Any):
         if config is None:
@@ -253,6 +255,11 @@ class PassManager:
 
         records = []
         for p in self.passes:
+            if p.only_if_ops and not _holds_any_op(graph, p.only_if_ops):
+                n = node_count(graph)
+                skipped = f"no {'/'.join(sorted(p.only_if_ops))} node"
+                records.append(PassRecord(p.name, p.exact, False, 0.0, n, n, {"skipped": skipped}))
+                continue
             for inst in self.instruments:
                 inst.before_pass(p, graph, ctx)
             before = node_count(graph)
@@ -285,5 +292,16 @@ def build_passes(recipe_passes: list[dict[str, Any]]) -> list[Pass]:
             raise ConfigError("a recipe pass entry has no name")
         if entry.pop("enabled", True) is False:
             continue
-        passes.append(get_pass(name)(**entry))
+        only_if_ops = entry.pop("only_if_ops", ())
+        if isinstance(only_if_ops, str) or not all(isinstance(op, str) for op in only_if_ops):
+            raise ConfigError(f"pass {name}: only_if_ops must be a list of op types, got {only_if_ops!r}")
+        p = get_pass(name)(**entry)
+        p.only_if_ops = frozenset(only_if_ops)
+        passes.append(p)
     return passes
+
+
+def _holds_any_op(graph: gs.Graph, ops: frozenset[str]) -> bool:
+    from onnxopt.graphs import iter_graphs
+
+    return any(node.op in ops for g in iter_graphs(graph) for node in g.nodes)

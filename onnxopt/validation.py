@@ -145,8 +145,15 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     return count * size
 
 
-def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with large/external initializers as typed inputs and no stale shape annotations."""
+def _is_large(init: onnx.TensorProto) -> bool:
+    return init.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(init) > SKELETON_BYTES
+
+
+def weightless_copy(model: onnx.ModelProto, *, keep_annotations: bool = False) -> onnx.ModelProto:
+    """The model with large/external initializers as typed inputs.
+
+    For shape inference (the default) stale shape annotations are dropped too; `keep_annotations`
+    keeps value_info, declared output shapes and metadata, for onnx.checker."""
     copy = onnx.ModelProto()
     copy.ir_version = model.ir_version
     copy.opset_import.extend(model.opset_import)
@@ -158,11 +165,16 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.sparse_initializer.extend(model.graph.sparse_initializer)
     declared = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL or tensor_nbytes(init) > SKELETON_BYTES:
+        if _is_large(init):
             if init.name not in declared:
                 graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         else:
             graph.initializer.append(init)
+    if keep_annotations:
+        copy.metadata_props.extend(model.metadata_props)
+        graph.value_info.extend(model.graph.value_info)
+        graph.output.extend(model.graph.output)
+        return copy
     for out in model.graph.output:
         vi = graph.output.add()
         vi.name = out.name
@@ -171,6 +183,42 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             vi.type.CopyFrom(out.type)
     return copy
+
+
+_SUB_BYTE_BITS = {
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def check_weight_payloads(model: onnx.ModelProto) -> None:
+    """What onnx.checker checks of a tensor, for the large initializers `weightless_copy` leaves out
+    of the copy the checker sees: a known element type, and stored data the size its shape needs."""
+    for init in model.graph.initializer:
+        if not _is_large(init) or init.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        if init.data_type == onnx.TensorProto.UNDEFINED or not onnx.TensorProto.DataType.Name(init.data_type):
+            raise ModelInvalidError(f"initializer {init.name!r} has no element type")
+        if init.data_type == onnx.TensorProto.STRING:
+            continue
+        count = int(np.prod(init.dims, dtype=np.int64))
+        if init.HasField("raw_data"):
+            bits = _SUB_BYTE_BITS.get(init.data_type)
+            wanted = (count * bits + 7) // 8 if bits else tensor_nbytes(init)
+            got = len(init.raw_data)
+            unit = "bytes"
+        else:
+            field = onnx.helper.tensor_dtype_to_field(init.data_type)
+            got, unit = len(getattr(init, field)), "values"
+            wanted = count * (2 if init.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1)
+            if init.data_type in _SUB_BYTE_BITS:  # packed into bytes, one byte per int32 entry
+                wanted = (count * _SUB_BYTE_BITS[init.data_type] + 7) // 8
+        if got != wanted:
+            dims = "x".join(map(str, init.dims)) or "scalar"
+            raise ModelInvalidError(
+                f"initializer {init.name!r} holds {got} {unit} of data but its shape {dims} needs {wanted}; the file is corrupt"
+            )
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:

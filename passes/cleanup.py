@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError
-from onnxopt.graphs import bypass, const_value, constant_nbytes, export_model, iter_graphs, node_count, replace_uses
+from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_nbytes, export_model, iter_graphs, node_count, replace_uses
 from onnxopt.instruments import NONDETERMINISTIC_OPS
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 
@@ -31,25 +31,6 @@ class ShapeInferenceConfig:
     symbolic_timeout: float = option(5.0, "seconds allowed for symbolic inference before onnx's result is kept")
     symbolic_only_for_shape_ops: bool = option(False, "skip the (slow) symbolic engine when no Shape/Size node is left for it to resolve")
     refresh: bool = option(False, "replace earlier inferred shapes by this run's when at least as specific (after folding, symbols like 'batch' reach further)")
-
-
-def _dims(type_proto: onnx.TypeProto) -> list | None:
-    tt = type_proto.tensor_type
-    if not tt.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-
-
-def _more_specific(new: list | None, old) -> bool:
-    if new is None:
-        return False
-    if old is None:
-        return True
-    if len(new) != len(old):
-        return False
-    return any(isinstance(n, int) and not isinstance(o, int) for n, o in zip(new, old)) or any(
-        isinstance(n, str) and o is None for n, o in zip(new, old)
-    )
 
 
 @register_pass
@@ -89,30 +70,8 @@ class ShapeInference(Pass):
             wanted = self.config.symbolic and (has_shape_ops or _has_unknown_dims(inferred))
         if wanted:
             inferred = _symbolic_inference(inferred, ctx, self.config.symbolic_timeout)
-        infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
-        tensors = graph.tensors()
-        updated = 0
-        for name, vi in infos.items():
-            tensor = tensors.get(name)
-            if not isinstance(tensor, gs.Variable):
-                continue
-            dims = _dims(vi.type)
-            elem = vi.type.tensor_type.elem_type
-            if tensor.dtype is None and elem:
-                tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-                updated += 1
-            if _more_specific(dims, tensor.shape) or (self.config.refresh and _as_specific(dims, tensor.shape) and dims != list(tensor.shape)):
-                tensor.shape = dims
-                updated += 1
+        updated = annotate_shapes(graph, inferred, refresh=self.config.refresh)
         return PassResult(changed=updated > 0, stats={"tensors_annotated": updated})
-
-
-def _as_specific(new: list | None, old) -> bool:
-    """Same rank and at least as many fixed dims (symbol names may differ)."""
-    if new is None or old is None or len(new) != len(old):
-        return False
-    fixed = lambda dims: sum(isinstance(d, int) for d in dims)  # noqa: E731
-    return None not in new and fixed(new) >= fixed(old)
 
 
 def _has_unknown_dims(model: onnx.ModelProto) -> bool:

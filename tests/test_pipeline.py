@@ -84,6 +84,19 @@ def test_manager_records_order_changed_and_counts():
     assert not records[1].changed
 
 
+def test_only_if_ops_skips_a_pass_when_the_graph_lacks_those_ops():
+    from onnxopt.pipeline import build_passes
+
+    graph = import_graph(relu_model())
+    passes = build_passes([{"name": "test-break-outputs", "only_if_ops": ["Shape", "Size"]}, {"name": "remove-identity", "only_if_ops": ["Identity"]}])
+    records = PassManager(passes).run(graph, PassContext())
+    assert not records[0].changed and records[0].stats == {"skipped": "no Shape/Size node"}
+    assert [n.op for n in graph.nodes] == ["Relu"], "the skipped pass must not have run; the other must have"
+    assert records[1].changed
+    with pytest.raises(ConfigError, match="only_if_ops must be a list of op types"):
+        build_passes([{"name": "remove-identity", "only_if_ops": "Shape"}])
+
+
 def test_analysis_cache_dropped_when_a_pass_changes_the_graph():
     ctx = PassContext()
     calls = []

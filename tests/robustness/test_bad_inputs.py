@@ -111,6 +111,22 @@ def matmul_weight_mismatch(folder):
     return write(folder, model), []
 
 
+def weight_short_raw_data(folder):
+    """A large weight whose stored bytes end early (a file cut or patched by hand)."""
+    model = model_of([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor("x", [1, 64])], [tensor("y", [1, 64])], [init("w", np.ones((64, 64), np.float32))])
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    return write(folder, model), []
+
+
+def weight_short_float_data(folder):
+    model = model_of([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor("x", [1, 64])], [tensor("y", [1, 64])])
+    w = model.graph.initializer.add()
+    w.name, w.data_type = "w", onnx.TensorProto.FLOAT
+    w.dims.extend([64, 64])
+    w.float_data.extend([1.0] * (64 * 64 - 1))
+    return write(folder, model), []
+
+
 def nan_weights(folder):
     model = relu_net()
     model.graph.initializer[0].CopyFrom(init("w", np.array([[np.nan, 1, 2], [np.inf, 0, 1], [1, 1, -np.inf]], np.float32)))
@@ -228,6 +244,8 @@ CASES = {
     "dangling-input": (dangling_input, 2, "node 'add' (Add) in the graph reads tensor 'ghost', which no node, graph input or initializer produces"),
     "conv-weight-mismatch": (conv_weight_mismatch, 2, "node 'conv' (Conv) has weight 'w' of shape 4x5x3x3 for an input with 3 channels"),
     "matmul-weight-mismatch": (matmul_weight_mismatch, 2, "shapes or types do not fit together: (op_type:MatMul, node name: mm)"),
+    "weight-short-raw-data": (weight_short_raw_data, 2, "initializer 'w' holds 16380 bytes of data but its shape 64x64 needs 16384"),
+    "weight-short-float-data": (weight_short_float_data, 2, "initializer 'w' holds 4095 values of data but its shape 64x64 needs 4096"),
     "old-opset": (old_opset, 2, "opset 6 is older than 7"),
     "future-opset": (future_opset, 2, "newer than this onnx package knows"),
     "custom-domain-undeclared": (custom_domain_undeclared, 2, "Swish node #0 is in domain 'com.acme', which the model does not import"),
