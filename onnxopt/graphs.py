@@ -28,19 +28,63 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export a gs graph; keep the template's metadata and an IR version the opsets allow."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = _export(graph, max_weight_bytes=None)
+    model.producer_name = graph.producer_name or "onnxopt"
+    model.producer_version = graph.producer_version or ""
     if template is not None:
         model.ir_version = max(template.ir_version, _min_ir_version(model))
-        del model.metadata_props[:]
         model.metadata_props.extend(template.metadata_props)
         model.doc_string = template.doc_string
         model.model_version = template.model_version
         model.domain = template.domain
-    else:
-        model.ir_version = _min_ir_version(model)
-    if not model.producer_name:
-        model.producer_name = "onnxopt"
     return model
+
+
+def export_skeleton(graph: gs.Graph, max_weight_bytes: int) -> onnx.ModelProto:
+    """The graph as a model for shape inference: weights over `max_weight_bytes` become typed graph
+    inputs. Same shapes, a fraction of the bytes to copy and serialize."""
+    return _export(graph, max_weight_bytes)
+
+
+def _export(graph: gs.Graph, max_weight_bytes: int | None) -> onnx.ModelProto:
+    """gs.export_onnx's result, built in place: gs copies every weight three times (into the
+    initializer list, the GraphProto, the ModelProto) and renames the source model's own
+    TensorProtos; here a weight is copied once and the source (the teacher) is left alone."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
+
+    model = onnx.ModelProto()
+    proto = model.graph
+    proto.name = graph.name
+    proto.doc_string = graph.doc_string or ""
+    proto.node.extend(OnnxExporter.export_node(node) for node in graph.nodes)
+    proto.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
+    proto.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
+    boundary = {t.name for t in graph.inputs + graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable):
+            if tensor.name not in boundary and (tensor.dtype is not None or tensor.shape is not None):
+                proto.value_info.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))
+        elif isinstance(tensor._values, gs.ir.tensor.SparseValues):
+            proto.sparse_initializer.append(tensor._values.tensor)
+        elif max_weight_bytes is not None and constant_nbytes(tensor) > max_weight_bytes:
+            proto.input.append(onnx.helper.make_tensor_value_info(tensor.name, _elem_type(tensor.dtype), list(tensor.shape)))
+        elif isinstance(tensor._values, gs.ir.tensor.LazyValues):
+            weight = proto.initializer.add()
+            weight.CopyFrom(tensor._values.tensor)
+            weight.name = tensor.name
+        else:
+            proto.initializer.append(OnnxExporter.export_tensor_proto(tensor))
+    model.opset_import.extend(update_import_domains(graph))
+    model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
+    model.ir_version = _min_ir_version(model)
+    return model
+
+
+def _elem_type(dtype) -> int:
+    """An onnx element type from what gs stores: a numpy dtype, or an onnx type number for types numpy lacks."""
+    if isinstance(dtype, (int, np.integer)):
+        return int(dtype)
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def _min_ir_version(model: onnx.ModelProto) -> int:

@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError
-from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_nbytes, export_model, iter_graphs, node_count, replace_uses
+from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_nbytes, export_skeleton, iter_graphs, node_count, replace_uses
 from onnxopt.instruments import NONDETERMINISTIC_OPS
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 
@@ -27,7 +27,7 @@ from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pas
 @dataclass
 class ShapeInferenceConfig:
     symbolic: bool = option(True, "also run onnxruntime's symbolic shape inference when dims are symbolic")
-    skeleton_bytes: int = option(1 << 20, "initializers larger than this are replaced by typed inputs while inferring, to keep memory low")
+    skeleton_bytes: int = option(1 << 10, "initializers larger than this are replaced by typed inputs while inferring (shape constants are far smaller); keeps memory and time low")
     symbolic_timeout: float = option(5.0, "seconds allowed for symbolic inference before onnx's result is kept")
     symbolic_only_for_shape_ops: bool = option(False, "skip the (slow) symbolic engine when no Shape/Size node is left for it to resolve")
     refresh: bool = option(False, "replace earlier inferred shapes by this run's when at least as specific (after folding, symbols like 'batch' reach further)")
@@ -42,18 +42,8 @@ class ShapeInference(Pass):
     Config = ShapeInferenceConfig
     description = "infer dtypes and shapes of every tensor (onnx, then onnxruntime symbolic inference)"
 
-    def _skeleton(self, graph: gs.Graph) -> onnx.ModelProto:
-        """The model with large weights replaced by typed inputs: same shapes, a fraction of the memory."""
-        skeleton = graph.copy()
-        for tensor in list(skeleton.tensors().values()):
-            if isinstance(tensor, gs.Constant) and constant_nbytes(tensor) > self.config.skeleton_bytes:
-                stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-                replace_uses(skeleton, tensor, stand_in)
-                skeleton.inputs.append(stand_in)
-        return export_model(skeleton)
-
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        model = self._skeleton(graph)
+        model = export_skeleton(graph, self.config.skeleton_bytes)
         if self.config.refresh:
             del model.graph.value_info[:]  # infer from the inputs afresh, not from stale annotations
         try:
