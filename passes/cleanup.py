@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_nbytes, export_skeleton, iter_graphs, node_count, replace_uses
 from onnxopt.instruments import NONDETERMINISTIC_OPS
+from onnxopt.passes.dim_symbols import unify_dim_symbols
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 
 
@@ -30,6 +31,7 @@ class ShapeInferenceConfig:
     skeleton_bytes: int = option(1 << 10, "initializers larger than this are replaced by typed inputs while inferring (shape constants are far smaller); keeps memory and time low")
     symbolic_timeout: float = option(5.0, "seconds allowed for symbolic inference before onnx's result is kept")
     symbolic_only_for_shape_ops: bool = option(False, "skip the (slow) symbolic engine when no Shape/Size node is left for it to resolve")
+    unify_dims: bool = option(True, "name dims onnx left as different symbols alike where Reshape element counts or elementwise ops prove them equal")
     refresh: bool = option(False, "replace earlier inferred shapes by this run's when at least as specific (after folding, symbols like 'batch' reach further)")
 
 
@@ -51,6 +53,8 @@ class ShapeInference(Pass):
         except Exception as exc:
             ctx.warn(f"onnx shape inference failed: {str(exc).splitlines()[0]}")
             inferred = model
+        if self.config.unify_dims:
+            unify_dim_symbols(inferred)
         # The symbolic engine earns its cost where onnx left shapes unknown, or where Shape/Size
         # nodes read dims it can name consistently (so fusion can prove a Reshape target constant).
         has_shape_ops = any(n.op_type in ("Shape", "Size") for n in model.graph.node)

@@ -148,3 +148,20 @@ def test_reserved_and_unknown_targets():
             load_target(name)
     with pytest.raises(ConfigError, match="unknown target"):
         load_target("tpu-int2")
+
+
+def test_recipes_share_passes_through_includes(tmp_path):
+    from onnxopt.recipes import load_recipe_file
+
+    fp32, trt = load_target("ort-fp32"), load_target("trt-fp32")
+    assert fp32["passes"] == trt["passes"] and len(fp32["passes"]) > 5
+    assert [p["name"] for p in load_target("ort-fp16")["passes"]] == [p["name"] for p in fp32["passes"]] + ["convert-float16"]
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('[[passes]]\ninclude = "exact-fusion"\n\n[[passes]]\nname = "dedup-initializers"\n', encoding="utf-8")
+    mine = load_recipe_file(recipe)
+    assert mine["passes"][:-1] == fp32["passes"] and mine["passes"][-1] == {"name": "dedup-initializers"}
+    mine["passes"][0]["symbolic"] = True
+    assert load_target("ort-fp32")["passes"][0]["symbolic"] is False, "an include must be a copy"
+    recipe.write_text('[[passes]]\ninclude = "no-such-thing"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="bad include .*exact-fusion"):
+        load_recipe_file(recipe)

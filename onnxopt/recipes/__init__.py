@@ -56,11 +56,34 @@ def parse_recipe(text: str, where: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")
     passes = recipe.setdefault("passes", [])
-    if not isinstance(passes, list) or not all(isinstance(p, dict) and "name" in p for p in passes):
-        raise ConfigError(f"{where}: `passes` must be an array of tables, each with a name ([[passes]] name = ...)")
+    if not isinstance(passes, list) or not all(isinstance(p, dict) and ("name" in p or "include" in p) for p in passes):
+        raise ConfigError(f"{where}: `passes` must be an array of tables, each with a name ([[passes]] name = ...) or an include")
+    recipe["passes"] = _expand_includes(passes, where)
     recipe.setdefault("backend", "ort")
     recipe.setdefault("verify", {})
     return recipe
+
+
+def available_pipelines() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(__name__).joinpath("pipelines").iterdir() if p.name.endswith(".toml"))
+
+
+def _expand_includes(passes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """`[[passes]] include = "exact-fusion"` stands for the passes of recipes/pipelines/exact-fusion.toml,
+    so targets share one cleanup-and-fusion sequence instead of copies."""
+    expanded = []
+    for entry in passes:
+        if "include" not in entry:
+            expanded.append(entry)
+            continue
+        name = entry["include"]
+        if set(entry) != {"include"} or name not in available_pipelines():
+            raise ConfigError(
+                f"{where}: bad include {entry!r}; write include = NAME alone, NAME one of {', '.join(available_pipelines())}"
+            )
+        text = resources.files(__name__).joinpath("pipelines", f"{name}.toml").read_text(encoding="utf-8")
+        expanded.extend(copy.deepcopy(tomllib.loads(text)["passes"]))
+    return expanded
 
 
 def parse_value(text: str) -> Any:

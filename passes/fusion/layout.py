@@ -176,7 +176,9 @@ class ReshapeDimsFromInput(Rule):
 
     A 0 in a Reshape target (allowzero=0) copies that position's dim of the input; it is used
     only where the computed value is provably that dim (the same tensor and index, or the same
-    symbolic dim name from shape inference)."""
+    symbolic dim name from shape inference). One dim that is neither becomes -1: wherever the
+    original Reshape succeeds, the element count forces -1 to that same value (an input with a
+    zero-sized dim, where -1 is undefined, is the one exception)."""
 
     pattern = ("Reshape",)
 
@@ -200,7 +202,7 @@ class ReshapeDimsFromInput(Rule):
             elif isinstance(dim, (int, np.integer)) and dim > 0:
                 target.append(int(dim))
             else:
-                return None
+                target.append(-1)
         return target if sum(1 for v in target if v == -1) <= 1 else None
 
     def check(self, reshape):

@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import defs, version_converter
 
-from onnxopt.graphs import export_model, import_graph, iter_graphs
+from onnxopt.graphs import constant_nbytes, export_skeleton, import_graph, iter_graphs, replace_uses
 from onnxopt.passes.fusion.rules import rank_of
 from onnxopt.pipeline import PassContext
 
@@ -63,6 +63,7 @@ def _set_default_opset(graph: gs.Graph, version: int) -> None:
 
 
 SOFTMAX_FAMILY = ("Softmax", "LogSoftmax", "Hardmax")
+WEIGHTLESS_BYTES = 1 << 10  # weights above this stay out of the converter's copy of the model
 
 
 def _last_axis_softmax_to_minus_one(graph: gs.Graph) -> None:
@@ -86,7 +87,10 @@ def raise_opset(graph: gs.Graph, version: int, ctx: PassContext) -> bool:
         _set_default_opset(graph, version)
         return True
     _last_axis_softmax_to_minus_one(graph)
-    model = export_model(graph)
+    # The converter rewrites nodes, never weights: convert the graph with its weights as typed
+    # inputs (a fraction of the bytes to serialize, copy and check), then put the weights back.
+    model = export_skeleton(graph, WEIGHTLESS_BYTES)
+    weights = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant) and constant_nbytes(t) > WEIGHTLESS_BYTES}
     try:
         converted = version_converter.convert_version(model, version)
         onnx.checker.check_model(converted)
@@ -98,6 +102,11 @@ def raise_opset(graph: gs.Graph, version: int, ctx: PassContext) -> bool:
         ctx.warn(f"opset {old} -> {version} would restructure the graph; fusions needing it skipped")
         return False
     fresh = import_graph(converted)
+    stand_ins = fresh.tensors()
+    for name, weight in weights.items():
+        if name in stand_ins:
+            replace_uses(fresh, stand_ins[name], gs.Constant(name, weight._values, data_location=weight.data_location))
+    fresh.inputs = [t for t in fresh.inputs if t.name not in weights]
     _constant_nodes_to_initializers(fresh)
     graph.__dict__.clear()
     graph.__dict__.update(fresh.__dict__)

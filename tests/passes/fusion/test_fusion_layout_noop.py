@@ -74,6 +74,20 @@ def test_reshape_target_from_another_tensor_with_unknown_relation_stays():
     assert ops(out) == ops(model) and not result.changed
 
 
+def test_one_unprovable_dim_of_a_reshape_target_becomes_minus_one():
+    """x [A, 12] reshaped to [z.shape[0], 3, 4]: wherever the model runs, A*12 = z0*12 forces the
+    -1 to z's first dim, so the target is constant [-1, 3, 4] and Shape/Gather/Concat go."""
+    nodes = [
+        node("Shape", ["z"], ["s"]), node("Gather", ["s", "zero"], ["n"], axis=0), node("Unsqueeze", ["n", "ax"], ["n1"]),
+        node("Concat", ["n1", "rest"], ["shape"], axis=0), node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    inits = [init("zero", np.array(0, np.int64)), init("ax", np.array([0], np.int64)), init("rest", np.array([3, 4], np.int64))]
+    model = make_model(nodes, [tensor("x", ["A", 12]), tensor("z", ["B", 2])], [tensor("y", ["B", 3, 4])], inits)
+    out, _ = fused(model, ["Reshape"], pass_name="simplify-layout", shapes={"x": (5, 12), "z": (5, 2)})
+    target = [i for i in out.graph.initializer if i.name == out.graph.node[0].input[1]][0]
+    assert numpy_helper.to_array(target).tolist() == [-1, 3, 4]
+
+
 NOOPS = {
     "cast": ([node("Cast", ["r"], ["t"], to=TensorProto.FLOAT)], []),
     "slice": ([node("Slice", ["r", "st", "en", "axes"], ["t"])], [init("st", np.array([0], np.int64)), init("en", np.array([2**63 - 1], np.int64)), init("axes", np.array([1], np.int64))]),
