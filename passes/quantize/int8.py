@@ -35,6 +35,7 @@ from onnxopt.passes.quantize.placement import (
     QuantPlan,
     TargetRules,
     classifier_nodes,
+    is_weighted_matmul,
     make_plan,
     rules_for,
     weight_spec,
@@ -54,7 +55,7 @@ class QuantizeInt8Config:
     weight_scales: Literal["minmax", "mse"] = option("mse", "per-channel weight scale: max |w| or the squared-error optimum")
     rounding: Literal["nearest", "gptq"] = option("gptq", "weight rounding: round to nearest, or GPTQ against calibration inputs")
     bias_correction: bool = option(True, "shift each int8 layer's bias by the mean error of its rounded weights on its real inputs")
-    matmul: Literal["auto", "static", "dynamic"] = option("auto", "ORT MatMul with constant weights: static Q/DQ, dynamic quantization, or whichever keeps fidelity")
+    matmul: Literal["auto", "static", "dynamic"] = option("auto", "ORT MatMul (and bias Gemm) with constant weights: static Q/DQ, dynamic quantization, or whichever keeps fidelity")
     final_layer: Literal["float", "int8"] = option("float", "the final classifier (a Gemm/MatMul feeding a graph output)")
     keep_float: tuple[str, ...] = option((), "node names or op types to keep in float")
     attention: bool = option(False, "also quantize MatMuls between two activations (attention scores); fragile")
@@ -201,7 +202,7 @@ class QuantizeInt8(Pass):
     def _dynamic_candidates(self, graph: gs.Graph, rules: TargetRules, why_float: dict[str, str]) -> list[str]:
         if rules.name != "ort" or self.config.matmul == "static":
             return []
-        return [n.name for n in graph.nodes if n.op == "MatMul" and n.name not in why_float and weight_spec(n) is not None]
+        return [n.name for n in graph.nodes if n.name not in why_float and is_weighted_matmul(n)]
 
     def _dynamic_specs(self, graph, rules, why_float):
         nodes = {n.name: n for n in graph.nodes}
@@ -238,7 +239,7 @@ class QuantizeInt8(Pass):
         return {name: round_to_nearest(nodes[name], spec, cfg.weight_scales) for name, spec in specs.items()}, {name: "nearest" for name in specs}
 
     def _choose_matmul_mode(self, state: "_State", fidelity: Fidelity, data, ctx) -> str:
-        """ORT MatMuls with constant weights: static Q/DQ or dynamic, whichever keeps fidelity."""
+        """ORT MatMuls and Gemms with constant weights: static Q/DQ or dynamic, whichever keeps fidelity."""
         candidates = self._dynamic_candidates(state.graph, state.rules, state.why_float)
         if not candidates:
             return "static"

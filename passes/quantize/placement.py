@@ -104,6 +104,14 @@ def weight_spec(node: gs.Node) -> WeightSpec | None:
     return None
 
 
+def is_weighted_matmul(node: gs.Node) -> bool:
+    """x @ W with a constant 2-D W: a MatMul, or a plain Gemm (alpha = beta = 1), which is what fusion
+    makes of MatMul + bias Add; ORT can run either as a dynamically quantized MatMul."""
+    if node.op == "Gemm" and (float(node.attrs.get("alpha", 1.0)) != 1.0 or float(node.attrs.get("beta", 1.0)) != 1.0):
+        return False
+    return node.op in ("MatMul", "Gemm") and weight_spec(node) is not None
+
+
 def is_float_tensor(tensor: gs.Tensor) -> bool:
     return tensor.dtype is not None and np.dtype(tensor.dtype) == np.float32
 

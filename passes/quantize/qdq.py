@@ -5,7 +5,7 @@ to nearest or by the reconstruction), with one symmetric scale per output channe
 Conv/Gemm bias becomes int32 with scale = input scale x weight scale, the form QLinearConv and
 QGemm take. Nodes marked dynamic become DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul,
 the chain ORT fuses into DynamicQuantizeMatMul (activation scales measured per call, no
-calibration needed).
+calibration needed); dynamic Gemms add their bias after it.
 """
 
 from __future__ import annotations
@@ -118,23 +118,32 @@ def _dq_weight(b: _Builder, base: str, values: np.ndarray, scales: np.ndarray, a
 
 
 def _dynamic_matmul(b: _Builder, node: gs.Node, qw: QuantWeight) -> None:
-    """MatMul(x, W) -> DynamicQuantizeLinear(x), MatMulInteger, Cast, Mul by (x scale * W scales)."""
+    """MatMul(x, W) -> DynamicQuantizeLinear(x), MatMulInteger, Cast, Mul by (x scale * W scales).
+
+    A Gemm (x @ W + C, as fusion makes from MatMul + Add) gets the same chain and an Add of its
+    bias, which ORT fuses into DynamicQuantizeMatMul as well; a transB weight is stored transposed."""
     x, y = node.inputs[0], node.outputs[0]
+    bias = _float_bias(node, qw) if node.op == "Gemm" else None
+    values = qw.values.T if node.op == "Gemm" and node.attrs.get("transB", 0) else qw.values
     xq = b.var(f"{x.name}_dyn_quantized", np.uint8)
     xs = b.var(f"{x.name}_dyn_scale", np.float32)
     xz = b.var(f"{x.name}_dyn_zero_point", np.uint8)
     b.node("DynamicQuantizeLinear", [x], [xq, xs, xz])
-    w = b.const(f"{node.name}_weight_quantized", qw.values)
-    wz = b.const(f"{node.name}_weight_zero_point", np.zeros(qw.values.shape[1], np.int8))
+    w = b.const(f"{node.name}_weight_quantized", np.ascontiguousarray(values))
+    wz = b.const(f"{node.name}_weight_zero_point", np.zeros(values.shape[1], np.int8))
     acc = b.var(f"{y.name}_int32", np.int32)
     b.node("MatMulInteger", [xq, w, xz, wz], [acc])
     as_float = b.var(f"{y.name}_float", np.float32)
     b.node("Cast", [acc], [as_float], to=onnx.TensorProto.FLOAT)
     scales = b.var(f"{y.name}_scales", np.float32)
     b.node("Mul", [xs, b.const(f"{node.name}_weight_scale", qw.scales.astype(np.float32))], [scales])
-    node.op = "Mul"
-    node.inputs = [as_float, scales]
     node.attrs = {}
+    if bias is None:
+        node.op, node.inputs = "Mul", [as_float, scales]
+        return
+    scaled = b.var(f"{y.name}_scaled", np.float32)
+    b.node("Mul", [as_float, scales], [scaled])
+    node.op, node.inputs = "Add", [scaled, b.const(f"{node.name}_bias", bias)]
 
 
 def build_qdq_model(
