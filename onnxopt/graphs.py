@@ -56,10 +56,16 @@ def _export(graph: gs.Graph, max_weight_bytes: int | None) -> onnx.ModelProto:
     proto = model.graph
     proto.name = graph.name
     proto.doc_string = graph.doc_string or ""
-    proto.node.extend(OnnxExporter.export_node(node) for node in graph.nodes)
     proto.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
+    for node in graph.nodes:
+        value = node.attrs.get("value") if node.op == "Constant" and len(node.outputs) == 1 else None
+        if max_weight_bytes is not None and isinstance(value, gs.Constant) and constant_nbytes(value) > max_weight_bytes:
+            # a weight held in a Constant node (Paddle, TF exports) becomes a typed input too
+            proto.input.append(onnx.helper.make_tensor_value_info(node.outputs[0].name, _elem_type(value.dtype), list(value.shape)))
+        else:
+            proto.node.append(OnnxExporter.export_node(node))
     proto.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
-    boundary = {t.name for t in graph.inputs + graph.outputs}
+    boundary = {t.name for t in graph.outputs} | {vi.name for vi in proto.input}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable):
             if tensor.name not in boundary and (tensor.dtype is not None or tensor.shape is not None):

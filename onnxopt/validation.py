@@ -160,8 +160,13 @@ def weightless_copy(model: onnx.ModelProto, *, keep_annotations: bool = False) -
     copy.functions.extend(model.functions)
     graph = copy.graph
     graph.name = model.graph.name
-    graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
+    for node in model.graph.node:  # Paddle and TF exports keep their weights in Constant nodes
+        weight = _large_constant_value(node)
+        if weight is None:
+            graph.node.append(node)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(node.output[0], weight.data_type, list(weight.dims)))
     graph.sparse_initializer.extend(model.graph.sparse_initializer)
     declared = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
@@ -185,6 +190,13 @@ def weightless_copy(model: onnx.ModelProto, *, keep_annotations: bool = False) -
     return copy
 
 
+def _large_constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+    return value if value is not None and _is_large(value) else None
+
+
 _SUB_BYTE_BITS = {
     getattr(onnx.TensorProto, name): bits
     for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
@@ -193,13 +205,19 @@ _SUB_BYTE_BITS = {
 
 
 def check_weight_payloads(model: onnx.ModelProto) -> None:
-    """What onnx.checker checks of a tensor, for the large initializers `weightless_copy` leaves out
-    of the copy the checker sees: a known element type, and stored data the size its shape needs."""
-    for init in model.graph.initializer:
+    """What onnx.checker checks of a tensor, for the large initializers and Constant-node values
+    `weightless_copy` leaves out of the copy the checker sees: a known element type, and stored data
+    the size its shape needs."""
+    tensors = [(f"initializer {t.name!r}", t) for t in model.graph.initializer]
+    for node in model.graph.node:
+        value = _large_constant_value(node)
+        if value is not None:
+            tensors.append((f"the value of Constant node {node.name or node.output[0]!r}", value))
+    for what, init in tensors:
         if not _is_large(init) or init.data_location == onnx.TensorProto.EXTERNAL:
             continue
         if init.data_type == onnx.TensorProto.UNDEFINED or not onnx.TensorProto.DataType.Name(init.data_type):
-            raise ModelInvalidError(f"initializer {init.name!r} has no element type")
+            raise ModelInvalidError(f"{what} has no element type")
         if init.data_type == onnx.TensorProto.STRING:
             continue
         count = int(np.prod(init.dims, dtype=np.int64))
@@ -217,7 +235,7 @@ def check_weight_payloads(model: onnx.ModelProto) -> None:
         if got != wanted:
             dims = "x".join(map(str, init.dims)) or "scalar"
             raise ModelInvalidError(
-                f"initializer {init.name!r} holds {got} {unit} of data but its shape {dims} needs {wanted}; the file is corrupt"
+                f"{what} holds {got} {unit} of data but its shape {dims} needs {wanted}; the file is corrupt"
             )
 
 

@@ -127,6 +127,14 @@ def weight_short_float_data(folder):
     return write(folder, model), []
 
 
+def constant_node_short_data(folder):
+    """A large weight held in a Constant node (Paddle/TF style) whose bytes end early."""
+    value = numpy_helper.from_array(np.ones((64, 64), np.float32))
+    value.raw_data = value.raw_data[:-8]
+    nodes = [helper.make_node("Constant", [], ["w"], value=value, name="weights"), helper.make_node("MatMul", ["x", "w"], ["y"])]
+    return write(folder, model_of(nodes, [tensor("x", [1, 64])], [tensor("y", [1, 64])])), []
+
+
 def nan_weights(folder):
     model = relu_net()
     model.graph.initializer[0].CopyFrom(init("w", np.array([[np.nan, 1, 2], [np.inf, 0, 1], [1, 1, -np.inf]], np.float32)))
@@ -246,6 +254,7 @@ CASES = {
     "matmul-weight-mismatch": (matmul_weight_mismatch, 2, "shapes or types do not fit together: (op_type:MatMul, node name: mm)"),
     "weight-short-raw-data": (weight_short_raw_data, 2, "initializer 'w' holds 16380 bytes of data but its shape 64x64 needs 16384"),
     "weight-short-float-data": (weight_short_float_data, 2, "initializer 'w' holds 4095 values of data but its shape 64x64 needs 4096"),
+    "constant-node-short-data": (constant_node_short_data, 2, "the value of Constant node 'weights' holds 16376 bytes of data but its shape 64x64 needs 16384"),
     "old-opset": (old_opset, 2, "opset 6 is older than 7"),
     "future-opset": (future_opset, 2, "newer than this onnx package knows"),
     "custom-domain-undeclared": (custom_domain_undeclared, 2, "Swish node #0 is in domain 'com.acme', which the model does not import"),
