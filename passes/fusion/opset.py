@@ -87,6 +87,11 @@ def raise_opset(graph: gs.Graph, version: int, ctx: PassContext) -> bool:
         _set_default_opset(graph, version)
         return True
     _last_axis_softmax_to_minus_one(graph)
+    if old < 13 <= version and any(
+        n.op in SOFTMAX_FAMILY and int(n.attrs.get("axis", 1)) != -1 for sub in iter_graphs(graph) for n in sub.nodes
+    ):  # the converter would wrap it in Flatten/Reshape: say so without paying for the conversion
+        ctx.warn(f"opset {old} -> {version} would restructure the graph (a Softmax over an axis of unknown rank); fusions needing it skipped")
+        return False
     # The converter rewrites nodes, never weights: convert the graph with its weights as typed
     # inputs (a fraction of the bytes to serialize, copy and check), then put the weights back.
     model = export_skeleton(graph, WEIGHTLESS_BYTES)
@@ -110,6 +115,8 @@ def raise_opset(graph: gs.Graph, version: int, ctx: PassContext) -> bool:
     _constant_nodes_to_initializers(fresh)
     graph.__dict__.clear()
     graph.__dict__.update(fresh.__dict__)
+    # An earlier round may have failed (ranks unknown until shapes were re-inferred); it did not stick.
+    ctx.warnings[:] = [w for w in ctx.warnings if not w.startswith(f"opset {old} -> {version} ")]
     return True
 
 
