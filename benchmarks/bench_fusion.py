@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def max_difference(original: onnx.ModelProto, candidate: onnx.ModelProto, feeds)
     return max(float(np.max(np.abs(got[k] - want[k]))) / (float(np.max(np.abs(want[k]))) or 1.0) for k in want)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (all threads): on a shared machine it
+    varies far less than wall time, which other tenants' load inflates."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed_runs(path: Path, repeats: int) -> tuple[dict, dict, dict]:
     """Every tool's first call (one-time costs such as lazy imports: sympy for ORT's symbolic shape
     inference), then `repeats` rounds calling each tool in turn, so that a slow spell on this shared
@@ -78,11 +86,14 @@ def timed_runs(path: Path, repeats: int) -> tuple[dict, dict, dict]:
         for tool, run in TOOLS.items():
             if tool in errors:
                 continue
+            model = onnx.load(str(path))
+            cpu_start = cpu_seconds()
             try:
-                result = run(path, onnx.load(str(path)))
+                result = run(path, model)
             except Exception as exc:  # a peer tool failing on a model is a result, not a crash
                 errors[tool] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
                 continue
+            result = (*result, cpu_seconds() - cpu_start)
             if round_ == 0:
                 firsts[tool] = result[1]
             else:
@@ -106,33 +117,34 @@ def bench_model(name: str, backend: OrtBackend, iters: int, repeats: int) -> lis
             continue
         candidate = runs[tool][0][0]
         wall = float(np.median([r[1] for r in runs[tool]]))
+        cpu = float(np.median([r[3] for r in runs[tool]]))
         passes = None if runs[tool][0][2] is None else float(np.median([r[2] for r in runs[tool]]))
         comparison = backend.compare(original, candidate, feeds, warmup=5, iters=iters)
         row.update(
-            nodes=len(candidate.graph.node), seconds=wall, passes=passes, first=firsts[tool],
+            nodes=len(candidate.graph.node), seconds=wall, cpu=cpu, passes=passes, first=firsts[tool],
             diff=max_difference(original, candidate, feeds),
             speedup=comparison.speedup, ci=(comparison.ci_low, comparison.ci_high),
             ms=(comparison.baseline.p50_ms, comparison.candidate.p50_ms),
         )
         rows.append(row)
-        print(f"  {name:18s} {tool:9s} nodes {row['nodes']:4d}  {wall:6.2f} s (first {firsts[tool]:.2f} s)  x{comparison.speedup:.3f}", flush=True)
+        print(f"  {name:18s} {tool:9s} nodes {row['nodes']:4d}  {wall:6.2f} s, cpu {cpu:.2f} s (first {firsts[tool]:.2f} s)  x{comparison.speedup:.3f}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | tool | nodes | tool time (s) | first call (s) | max output diff | ORT p50 ms (orig / tool) | ORT speedup vs original [95% CI] |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | tool | nodes | tool time (s) | tool CPU time (s) | first call (s) | max output diff | ORT p50 ms (orig / tool) | ORT speedup vs original [95% CI] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["tool"] == "original":
-            lines.append(f"| {r['model']} | original | {r['nodes']} | | | | | |")
+            lines.append(f"| {r['model']} | original | {r['nodes']} | | | | | | |")
         elif "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['model']} | {r['tool']} | failed: {r['error']} | | | | | | |")
         else:
             seconds = f"{r['seconds']:.2f}" + (f" ({r['passes']:.2f} in passes)" if r["passes"] is not None else "")
             lines.append(
-                f"| {r['model']} | {r['tool']} | {r['nodes']} | {seconds} | {r['first']:.2f} | {r['diff']:.1e} | {r['ms'][0]:.2f} / {r['ms'][1]:.2f} "
+                f"| {r['model']} | {r['tool']} | {r['nodes']} | {seconds} | {r['cpu']:.2f} | {r['first']:.2f} | {r['diff']:.1e} | {r['ms'][0]:.2f} / {r['ms'][1]:.2f} "
                 f"| {r['speedup']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |"
             )
     return "\n".join(lines)
@@ -165,7 +177,8 @@ def main() -> None:
         "Tool time is the median wall time of the calls after a first one, the tools called in turn round after round, "
         "inside one Python process (onnxopt: "
         "`compile(..., profile=False, verify='off')`, which includes loading, validation, checker and summaries; the "
-        "passes alone in brackets). First call is the first call's wall time, with one-time costs such as lazy imports "
+        "passes alone in brackets); CPU time is the median CPU time of the same calls (process and children, all threads), "
+        "steadier than wall time on this shared machine. First call is the first call's wall time, with one-time costs such as lazy imports "
         "(onnxopt loads sympy for ORT's symbolic shape inference the first time a model needs it). Max output diff is "
         "max |tool - original| / max |original| on the first real eval input. Speedup is the paired ORT latency "
         "ratio original/tool (alternating runs, median of per-pair ratios); > 1 means the tool's model is faster.\n\n"
