@@ -1,6 +1,6 @@
 """onnxopt (ort-fp32) against onnxsim and onnxslim on the zoo models, in one run.
 
-    python benchmarks/bench_fusion.py [--models NAME ...] [--iters 40] [--threads 1] [--repeats 3]
+    python benchmarks/bench_fusion.py [--models NAME ...] [--iters 40] [--threads 1] [--repeats 9]
 
 For every model and tool: node count, the tool's median wall time in this process over --repeats
 calls after a first one, and the first call's own time (onnxopt as a user calls
@@ -154,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--iters", type=int, default=40, help="timed pairs per comparison")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each tool once, in turn) after a first call per tool")
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (each tool once, in turn) after a first call per tool")
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (1 keeps a shared machine's noise down)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
