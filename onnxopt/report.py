@@ -54,9 +54,7 @@ class CompileReport:
             + (f" · MACs {_giga(b.get('macs'))} -> {_giga(a.get('macs'))}" if b.get("macs") else "")
         )
         changed = [p for p in self.passes if p.changed]
-        lines.append(
-            f"passes: {len(self.passes)} run, {len(changed)} changed the graph, {sum(p.seconds for p in self.passes):.2f}s"
-        )
+        lines.append(f"passes: {pass_counts(self.passes)}, {sum(p.seconds for p in self.passes):.2f}s")
         for p in changed:
             lines.append(f"  {p.name:<24} {p.nodes_before:>6} -> {p.nodes_after:<6} {p.seconds:6.2f}s")
         v = self.verification
@@ -126,6 +124,13 @@ class CompileReport:
 
             return write_text_atomic(path, render_markdown(self))
         return write_text_atomic(path, self.to_json() + "\n")
+
+
+def pass_counts(passes: list[PassRecord]) -> str:
+    """'11 run, 2 skipped, 3 changed the graph': passes a recipe's only_if_ops skipped are not 'run'."""
+    skipped = sum(1 for p in passes if p.stats.get("skipped"))
+    changed = sum(1 for p in passes if p.changed)
+    return f"{len(passes) - skipped} run, " + (f"{skipped} skipped, " if skipped else "") + f"{changed} changed the graph"
 
 
 def _verification_line(v: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import math
 import time
 from typing import Any, Iterable
 
-from onnxopt.report import CompileReport
+from onnxopt.report import CompileReport, pass_counts
 
 ORIGINAL = "#94a3b8"
 OPTIMIZED = "#4f46e5"
@@ -506,9 +506,8 @@ def _passes_section(report: CompileReport) -> str:
     )
     points = [("input", report.passes[0].nodes_before)] + [(p.name, p.nodes_after) for p in report.passes]
     chart = step_chart(points, title="Nodes after each pass", width=640)
-    changed = sum(1 for p in report.passes if p.changed)
     return (
-        f'<h2>Passes</h2><div class="panel"><p class="note" style="margin-top:0">{len(report.passes)} passes, {changed} changed the graph, '
+        f'<h2>Passes</h2><div class="panel"><p class="note" style="margin-top:0">{pass_counts(report.passes)}, '
         f"{sum(p.seconds for p in report.passes):.2f} s in all.</p>{chart}{table}</div>"
     )
 

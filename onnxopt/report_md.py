@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxopt.report import CompileReport
+from onnxopt.report import CompileReport, pass_counts
 from onnxopt.report_html import num
 
 
@@ -81,8 +81,7 @@ def render_markdown(report: CompileReport) -> str:
             lines += ["", f"Verification ({v['mode']}, random inputs): {'ok' if v.get('ok') else '**differs**'}, max relative error {v.get('max_rel_error', 0):.2e}"]
 
     if report.passes:
-        changed = [p for p in report.passes if p.changed]
-        lines += ["", f"<details><summary>Passes: {len(report.passes)} run, {len(changed)} changed the graph, {sum(p.seconds for p in report.passes):.2f} s</summary>", ""]
+        lines += ["", f"<details><summary>Passes: {pass_counts(report.passes)}, {sum(p.seconds for p in report.passes):.2f} s</summary>", ""]
         lines += _table(
             ["pass", "kind", "time", "nodes", "changed"],
             [[f"`{p.name}`", "exact" if p.exact else "lossy", f"{p.seconds * 1e3:.1f} ms", f"{p.nodes_before} → {p.nodes_after}", "yes" if p.changed else ""] for p in report.passes],

@@ -165,3 +165,11 @@ def test_recipes_share_passes_through_includes(tmp_path):
     recipe.write_text('[[passes]]\ninclude = "no-such-thing"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="bad include .*exact-fusion"):
         load_recipe_file(recipe)
+
+
+def test_report_counts_passes_skipped_for_lack_of_their_ops():
+    result = onnxopt.compile(relu_model(), profile=False)
+    skipped = [r.name for r in result.report.passes if r.stats.get("skipped")]
+    assert skipped == ["shape-inference", "fusion"], "the symbolic round needs Shape/Size nodes"
+    total = len(result.report.passes)
+    assert f"passes: {total - 2} run, 2 skipped, " in result.report.summary()
