@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import helper
 
 from tests.conftest import init, make_model, tensor
@@ -79,3 +80,16 @@ def mean_cosine(model_a, model_b, data):
     from onnxopt.passes.quantize.fidelity import mean_cosine as mc, run_all
 
     return mc(run_all(model_a, data), run_all(model_b, data))
+
+
+def ort_optimized_ops(model, tmp_path):
+    """The op histogram of the graph ONNX Runtime runs after its own load-time fusions."""
+    import collections
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "ort_optimized.onnx")).graph.node)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper
 
@@ -19,7 +17,7 @@ from onnxopt.backends.trt_check import check_model
 from onnxopt.models.builders import transformer_block
 from onnxopt.passes.quantize.trt_rules import check_trt_qdq
 from tests.conftest import init, make_model, tensor
-from tests.passes.quantize.qmodels import compile_int8, mean_cosine
+from tests.passes.quantize.qmodels import compile_int8, mean_cosine, ort_optimized_ops
 
 WEIGHTED = {"attn.query.matmul", "attn.key.matmul", "attn.value.matmul", "attn.output.matmul", "ffn.up.matmul", "ffn.down.matmul"}
 
@@ -31,15 +29,6 @@ def tokens(n, seed):
 
 def histogram(model):
     return collections.Counter((f"{n.domain}." if n.domain else "") + n.op_type for n in model.graph.node)
-
-
-def ort_fused(model, tmp_path):
-    """The op histogram of the graph ORT runs after its own optimizations."""
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "ort_optimized.onnx")).graph.node)
 
 
 def compile_target(model, target, data, *overrides):
@@ -63,12 +52,12 @@ def test_ort_int8_quantizes_the_matmuls_around_fused_layernorm_and_gelu(matmul, 
     assert not {"ReduceMean", "Erf", "Sqrt", "Pow"} & set(ops)
     assert report["int8_nodes"] >= len(WEIGHTED) and report["float_layers"] == []
     if matmul == "dynamic":
-        fused = ort_fused(q, tmp_path)  # Q, K and V share one DynamicQuantizeLinear of x there
+        fused = ort_optimized_ops(q, tmp_path)  # Q, K and V share one DynamicQuantizeLinear of x there
         assert ops["MatMulInteger"] == len(WEIGHTED) and fused["DynamicQuantizeMatMul"] + fused["MatMulIntegerToFloat"] == len(WEIGHTED)
     else:
         weights = {n.name for n in q.graph.node if n.op_type == "MatMul" and n.input[1].endswith("_dequantized") and n.input[0].endswith("_dequantized")}
         assert weights == WEIGHTED
-        assert ort_fused(q, tmp_path)["QLinearMatMul"] == len(WEIGHTED)
+        assert ort_optimized_ops(q, tmp_path)["QLinearMatMul"] == len(WEIGHTED)
     assert mean_cosine(model, q, tokens(8, 7)) > 0.999
 
 
@@ -116,7 +105,7 @@ def test_dynamic_gemm_runs_as_one_dynamic_quantize_matmul_with_its_bias(trans_b,
     q = compile_int8(model, rows(12, 1), matmul="dynamic", final_layer="int8").model
     ops = histogram(q)
     assert ops["MatMulInteger"] == 2 and "Gemm" not in ops and "QuantizeLinear" not in ops
-    fused = ort_fused(q, tmp_path)
+    fused = ort_optimized_ops(q, tmp_path)
     assert fused["DynamicQuantizeMatMul"] == 2 and "Add" not in fused  # the bias went into the kernel
     assert mean_cosine(model, q, rows(8, 9)) > 0.9995
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import collections
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper
 
@@ -14,7 +12,7 @@ import onnxopt
 from onnxopt.passes.quantize.nbits import quantize_blocks
 from onnxopt.runtime import run_model
 from tests.conftest import init, make_model, tensor
-from tests.passes.quantize.qmodels import compile_int8, mean_cosine, ops
+from tests.passes.quantize.qmodels import compile_int8, mean_cosine, ops, ort_optimized_ops
 
 
 def mlp(k=64, hidden=128, seq=6, seed=0):
@@ -36,21 +34,13 @@ def sentences(n=12, k=64, seq=6, seed=3):
     return [{"x": (r.standard_normal((1, seq, k)) * np.linspace(0.2, 2, k)).astype(np.float32)} for _ in range(n)]
 
 
-def fused(model, tmp_path):
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "fused.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node)
-
-
 def test_dynamic_matmul_quantization(tmp_path):
     model, data = mlp(), sentences()
     result = compile_int8(model, data, matmul="dynamic", final_layer="int8")
     q = result.model
     assert ops(q).count("DynamicQuantizeLinear") == 2 and ops(q).count("MatMulInteger") == 2
     assert "MatMul" not in ops(q) and "QuantizeLinear" not in ops(q)
-    assert fused(q, tmp_path)["DynamicQuantizeMatMul"] == 2
+    assert ort_optimized_ops(q, tmp_path)["DynamicQuantizeMatMul"] == 2
     assert mean_cosine(model, q, sentences(seed=11)) > 0.999
     assert result.report.artifacts["quantize"]["matmul_mode"] == "dynamic"
 
