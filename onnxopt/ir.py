@@ -20,7 +20,7 @@ import onnx.external_data_helper as exdata
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
-from onnxopt.validation import SKELETON_BYTES, check_weight_payloads, tensor_nbytes, validate_shapes, validate_structure, weightless_copy
+from onnxopt.validation import check_weight_payloads, left_out_tensors, tensor_nbytes, validate_shapes, validate_structure, weightless_copy
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
@@ -330,7 +330,7 @@ def _clear_external_markers(model: onnx.ModelProto) -> None:
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
     """Serialized size including tensors (what lands on disk, weights included), to within a few bytes
-    per large initializer. ModelProto.ByteSize() serializes the whole model to count it: a transient
+    per large initializer (some tens per Constant node holding a large weight). ModelProto.ByteSize() serializes the whole model to count it: a transient
     copy of every weight and seconds per call on a 2 GB model."""
-    large = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and tensor_nbytes(t) > SKELETON_BYTES]
+    large = [t for _, t in left_out_tensors(model) if t.data_location != onnx.TensorProto.EXTERNAL]
     return weightless_copy(model).ByteSize() + sum(tensor_nbytes(t) + len(t.name) + 16 for t in large)

@@ -204,17 +204,22 @@ _SUB_BYTE_BITS = {
 }
 
 
-def check_weight_payloads(model: onnx.ModelProto) -> None:
-    """What onnx.checker checks of a tensor, for the large initializers and Constant-node values
-    `weightless_copy` leaves out of the copy the checker sees: a known element type, and stored data
-    the size its shape needs."""
-    tensors = [(f"initializer {t.name!r}", t) for t in model.graph.initializer]
+def left_out_tensors(model: onnx.ModelProto) -> list[tuple[str, onnx.TensorProto]]:
+    """The tensors `weightless_copy` leaves out (large or external initializers, large Constant-node
+    values), each with words naming it."""
+    tensors = [(f"initializer {t.name!r}", t) for t in model.graph.initializer if _is_large(t)]
     for node in model.graph.node:
         value = _large_constant_value(node)
         if value is not None:
             tensors.append((f"the value of Constant node {node.name or node.output[0]!r}", value))
-    for what, init in tensors:
-        if not _is_large(init) or init.data_location == onnx.TensorProto.EXTERNAL:
+    return tensors
+
+
+def check_weight_payloads(model: onnx.ModelProto) -> None:
+    """What onnx.checker checks of a tensor, for the tensors `weightless_copy` leaves out of the copy
+    the checker sees: a known element type, and stored data the size its shape needs."""
+    for what, init in left_out_tensors(model):
+        if init.data_location == onnx.TensorProto.EXTERNAL:
             continue
         if init.data_type == onnx.TensorProto.UNDEFINED or not onnx.TensorProto.DataType.Name(init.data_type):
             raise ModelInvalidError(f"{what} has no element type")

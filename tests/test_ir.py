@@ -131,3 +131,18 @@ def test_input_file_is_never_modified(tmp_path):
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     load_model(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_model_size_counts_weights_in_initializers_and_constant_nodes():
+    """Paddle and TF exports hold their weights in Constant nodes; the size must count them too."""
+    from onnxopt.ir import model_size_bytes
+
+    rng = np.random.default_rng(0)
+    value = onnx.numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32))
+    nodes = [
+        helper.make_node("Constant", [], ["w1"], value=value, name="weights"),
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [1, 64])], [tensor("y", [1, 64])], [init("w2", rng.standard_normal((64, 64)).astype(np.float32))])
+    assert abs(model_size_bytes(model) - model.ByteSize()) < 100
