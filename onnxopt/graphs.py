@@ -102,7 +102,8 @@ def _min_ir_version(model: onnx.ModelProto) -> int:
 
 
 
-def _dims(type_proto: onnx.TypeProto) -> list | None:
+def tensor_dims(type_proto: onnx.TypeProto) -> list | None:
+    """A tensor type's dims as ints, symbol names, or None where unknown; None without a shape."""
     tt = type_proto.tensor_type
     if not tt.HasField("shape"):
         return None
@@ -140,7 +141,7 @@ def annotate_shapes(graph: gs.Graph, inferred: onnx.ModelProto, *, refresh: bool
         tensor = tensors.get(vi.name)
         if not isinstance(tensor, gs.Variable):
             continue
-        dims = _dims(vi.type)
+        dims = tensor_dims(vi.type)
         elem = vi.type.tensor_type.elem_type
         if tensor.dtype is None and elem:
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)

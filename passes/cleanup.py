@@ -23,12 +23,13 @@ from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_nbytes
 from onnxopt.instruments import NONDETERMINISTIC_OPS
 from onnxopt.passes.dim_symbols import unify_dim_symbols
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
+from onnxopt.validation import SKELETON_BYTES
 
 
 @dataclass
 class ShapeInferenceConfig:
     symbolic: bool = option(True, "also run onnxruntime's symbolic shape inference when dims are symbolic")
-    skeleton_bytes: int = option(1 << 10, "initializers larger than this are replaced by typed inputs while inferring (shape constants are far smaller); keeps memory and time low")
+    skeleton_bytes: int = option(SKELETON_BYTES, "initializers larger than this are replaced by typed inputs while inferring (shape constants are far smaller); keeps memory and time low")
     symbolic_timeout: float = option(5.0, "seconds allowed for symbolic inference before onnx's result is kept")
     symbolic_only_for_shape_ops: bool = option(False, "skip the (slow) symbolic engine when no Shape/Size node is left for it to resolve")
     unify_dims: bool = option(True, "name dims onnx left as different symbols alike where Reshape element counts or elementwise ops prove them equal")

@@ -23,17 +23,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.graphs import tensor_dims
+
 ELEMENTWISE = frozenset(
     {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "Greater",
      "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu", "BitShift"}
 )
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list | None:
-    tt = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
 
 
 def unify_dim_symbols(model: onnx.ModelProto) -> int:
@@ -51,10 +46,10 @@ def unify_dim_symbols(model: onnx.ModelProto) -> int:
 
     def dims_of(name):
         vi = infos.get(name)
-        dims = _dims(vi) if vi is not None else None
+        dims = tensor_dims(vi.type) if vi is not None else None
         return None if dims is None else [find(d) for d in dims]
 
-    named = {d for vi in graph.input for d in (_dims(vi) or ()) if isinstance(d, str)}
+    named = {d for vi in graph.input for d in (tensor_dims(vi.type) or ()) if isinstance(d, str)}
     rank = lambda symbol: 0 if symbol in named else 2 if symbol.startswith("unk__") else 1  # noqa: E731
 
     def merge(a, b):

@@ -19,6 +19,7 @@ from onnx import defs, version_converter
 from onnxopt.graphs import constant_nbytes, export_skeleton, import_graph, iter_graphs, replace_uses
 from onnxopt.passes.fusion.rules import rank_of
 from onnxopt.pipeline import PassContext
+from onnxopt.validation import SKELETON_BYTES
 
 # (op, since_version) of schema changes that keep every older model's meaning: new types or new
 # optional attributes whose default is the old behaviour.
@@ -63,7 +64,6 @@ def _set_default_opset(graph: gs.Graph, version: int) -> None:
 
 
 SOFTMAX_FAMILY = ("Softmax", "LogSoftmax", "Hardmax")
-WEIGHTLESS_BYTES = 1 << 10  # weights above this stay out of the converter's copy of the model
 
 
 def _last_axis_softmax_to_minus_one(graph: gs.Graph) -> None:
@@ -94,8 +94,8 @@ def raise_opset(graph: gs.Graph, version: int, ctx: PassContext) -> bool:
         return False
     # The converter rewrites nodes, never weights: convert the graph with its weights as typed
     # inputs (a fraction of the bytes to serialize, copy and check), then put the weights back.
-    model = export_skeleton(graph, WEIGHTLESS_BYTES)
-    weights = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant) and constant_nbytes(t) > WEIGHTLESS_BYTES}
+    model = export_skeleton(graph, SKELETON_BYTES)
+    weights = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant) and constant_nbytes(t) > SKELETON_BYTES}
     try:
         converted = version_converter.convert_version(model, version)
         onnx.checker.check_model(converted)
