@@ -16,10 +16,7 @@ Results go to benchmarks/results/depthwise.json (merged across runs) and depthwi
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import onnxopt  # noqa: E402
-from bench_prune import EXAMPLE, RESULTS, accuracy, fashion_test_set, latency_ratio  # noqa: E402
+from bench_prune import EXAMPLE, accuracy, fashion_test_set, latency_ratio, run_sections  # noqa: E402
 
 
 def compile_with(model, passes, calibration=None):
@@ -157,19 +154,8 @@ def render(results: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="resnet,fashion,compose")
-    parser.add_argument("--iters", type=int, default=30)
-    args = parser.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "depthwise.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, onnxruntime {__import__('onnxruntime').__version__}"
-    for section in args.sections.split(","):
-        results[section] = {"resnet": section_resnet, "fashion": section_fashion, "compose": section_compose}[section](args.iters)
-        path.write_text(json.dumps(results, indent=1))
-        (RESULTS / "depthwise.md").write_text(render(results))
-    print(render(results))
+    sections = {"resnet": section_resnet, "fashion": section_fashion, "compose": section_compose}
+    run_sections("depthwise", sections, render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

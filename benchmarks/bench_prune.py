@@ -265,20 +265,27 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="shaped,fashion,zoo")
+def run_sections(name: str, sections: dict, render, description: str, argv=None) -> None:
+    """Run the chosen sections (all by default), each `section(iters) -> results`, keeping the other
+    sections' last results in results/NAME.json and rewriting results/NAME.md after each one."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--sections", default=",".join(sections))
     parser.add_argument("--iters", type=int, default=30)
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "prune.json"
+    path = RESULTS / f"{name}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, onnxruntime {__import__('onnxruntime').__version__}"
     for section in args.sections.split(","):
-        results[section] = {"shaped": section_shaped, "fashion": section_fashion, "zoo": section_zoo}[section](args.iters)
+        results[section] = sections[section](args.iters)
         path.write_text(json.dumps(results, indent=1))
-        (RESULTS / "prune.md").write_text(render(results))
+        (RESULTS / f"{name}.md").write_text(render(results))
     print(render(results))
+
+
+def main(argv=None) -> None:
+    sections = {"shaped": section_shaped, "fashion": section_fashion, "zoo": section_zoo}
+    run_sections("prune", sections, render, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
