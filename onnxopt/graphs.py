@@ -7,6 +7,7 @@ renaming the surviving producer's output rather than dropping the name.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import numpy as np
@@ -21,9 +22,110 @@ gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     try:
-        return gs.import_onnx(model)
+        graph = gs.import_onnx(model)
     except Exception as exc:  # gs raises bare exceptions on malformed graphs
         raise ModelInvalidError(f"cannot import the graph: {exc}") from None
+    _remember_value_types(graph, model)
+    _restore_type_attributes(model.graph, graph)
+    return graph
+
+
+def _restore_type_attributes(proto: onnx.GraphProto, graph: gs.Graph) -> None:
+    """gs drops TypeProto attributes on import (Optional's `type`, SequenceEmpty has none but
+    Optional without an input needs it); put them back, node by node, subgraphs included."""
+    for proto_node, node in zip(proto.node, graph.nodes):
+        for attr in proto_node.attribute:
+            if attr.type == onnx.AttributeProto.TYPE_PROTO:
+                node.attrs[attr.name] = onnx.TypeProto.FromString(attr.tp.SerializeToString())
+            elif attr.type == onnx.AttributeProto.TYPE_PROTOS:
+                node.attrs[attr.name] = [onnx.TypeProto.FromString(t.SerializeToString()) for t in attr.type_protos]
+            elif attr.type == onnx.AttributeProto.GRAPH and isinstance(node.attrs.get(attr.name), gs.Graph):
+                _restore_type_attributes(attr.g, node.attrs[attr.name])
+            elif attr.type == onnx.AttributeProto.GRAPHS and isinstance(node.attrs.get(attr.name), list):
+                for sub_proto, sub in zip(attr.graphs, node.attrs[attr.name]):
+                    _restore_type_attributes(sub_proto, sub)
+
+
+_PLAIN_TYPES = ("tensor_type", None)
+
+
+def _value_infos(graph: onnx.GraphProto) -> Iterable[onnx.ValueInfoProto]:
+    """Every ValueInfoProto of a graph and its nested subgraphs."""
+    yield from graph.input
+    yield from graph.output
+    yield from graph.value_info
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _value_infos(attr.g)
+            for sub in attr.graphs:
+                yield from _value_infos(sub)
+
+
+def _remember_value_types(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """gs keeps an element type and a shape per value; sequences of optionals, optionals and maps
+    (If/Loop bodies, sequence ops) need their whole TypeProto back on export, so it rides along on
+    the tensor as `onnx_type`."""
+    types = {vi.name: vi.type for vi in _value_infos(model.graph) if vi.type.WhichOneof("value") not in _PLAIN_TYPES}
+    if not types:
+        return
+    for sub in iter_graphs(graph):
+        for name, tensor in sub.tensors().items():
+            if name in types and isinstance(tensor, gs.Variable):
+                kept = onnx.TypeProto()
+                kept.CopyFrom(types[name])
+                tensor.onnx_type = kept
+
+
+def is_nontensor(tensor: gs.Tensor) -> bool:
+    """A sequence, optional or map value (not a plain tensor)."""
+    return isinstance(tensor, gs.Variable) and (
+        getattr(tensor, "onnx_type", None) is not None or getattr(tensor, "type", "tensor_type") not in _PLAIN_TYPES
+    )
+
+
+SEQUENCE_OPTIONAL_OPS = frozenset({
+    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength",
+    "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional", "OptionalHasElement", "OptionalGetElement",
+})
+
+
+def touches_nontensor(node: gs.Node) -> bool:
+    """Whether a node reads or writes a sequence, optional or map value (inside its subgraphs too):
+    subgraph values often carry no type, so sequence and optional ops say it."""
+    if node.op in SEQUENCE_OPTIONAL_OPS or any(is_nontensor(t) for t in list(node.inputs) + list(node.outputs)):
+        return True
+    subgraphs = [a for v in node.attrs.values() for a in (v if isinstance(v, list) else [v]) if isinstance(a, gs.Graph)]
+    return any(touches_nontensor(n) for sub in subgraphs for n in sub.nodes)
+
+
+@contextlib.contextmanager
+def nontensor_types_hidden(graph: gs.Graph, model_types: dict[str, onnx.TypeProto] | None = None):
+    """gs writes tensor types only (an optional's type crashes its exporter and its constant folder,
+    a sequence loses its nesting): within this block values of other types carry no dtype, and
+    `model_types` collects their full types to write back after an export (`_write_back_types`)."""
+    hidden = []
+    for sub in iter_graphs(graph):
+        for tensor in sub.tensors().values():
+            if not is_nontensor(tensor):
+                continue
+            kept = getattr(tensor, "onnx_type", None)
+            if kept is not None and model_types is not None:
+                model_types[tensor.name] = kept
+            if tensor.dtype is not None:
+                hidden.append((tensor, tensor.dtype))
+                tensor.dtype = None
+    try:
+        yield
+    finally:
+        for tensor, dtype in hidden:
+            tensor.dtype = dtype
+
+
+def _write_back_types(model: onnx.ModelProto, model_types: dict[str, onnx.TypeProto]) -> None:
+    for vi in _value_infos(model.graph):
+        if not vi.HasField("type") and vi.name in model_types:
+            vi.type.CopyFrom(model_types[vi.name])
 
 
 def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
@@ -50,6 +152,14 @@ def _export(graph: gs.Graph, max_weight_bytes: int | None) -> onnx.ModelProto:
     """gs.export_onnx's result, built in place: gs copies every weight three times (into the
     initializer list, the GraphProto, the ModelProto) and renames the source model's own
     TensorProtos; here a weight is copied once and the source (the teacher) is left alone."""
+    model_types: dict[str, onnx.TypeProto] = {}
+    with nontensor_types_hidden(graph, model_types):
+        model = _export_plain(graph, max_weight_bytes)
+    _write_back_types(model, model_types)
+    return model
+
+
+def _export_plain(graph: gs.Graph, max_weight_bytes: int | None) -> onnx.ModelProto:
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
 
     model = onnx.ModelProto()

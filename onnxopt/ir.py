@@ -20,12 +20,13 @@ import onnx.external_data_helper as exdata
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
+from onnxopt.upgrade import OPSET_FLOOR, OpsetUpgrade, below_floor, upgrade_opset
 from onnxopt.validation import check_weight_payloads, left_out_tensors, tensor_nbytes, validate_shapes, validate_structure, weightless_copy
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
-MIN_OPSET = 7
+MIN_OPSET = OPSET_FLOOR
 
 
 def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -91,11 +92,11 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path) -> int:
     return total
 
 
-def _check_opset(model: onnx.ModelProto) -> None:
+def _check_opset(model: onnx.ModelProto, floor: int = MIN_OPSET) -> None:
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
-            if opset.version < MIN_OPSET:
+            if opset.version < floor:
                 raise ModelInvalidError(
                     f"opset {opset.version} is older than {MIN_OPSET}; convert the model with "
                     f"onnx.version_converter first"
@@ -118,11 +119,11 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     return model
 
 
-def check_model(model: onnx.ModelProto, path: Path | None = None, *, weights: bool = True) -> None:
+def check_model(model: onnx.ModelProto, path: Path | None = None, *, weights: bool = True, opset_floor: int = MIN_OPSET) -> None:
     """Our structural checks, onnx.checker, then our shape and size checks; a failure is a ModelInvalidError.
 
     `weights=False` skips reading the weights' stored sizes, for models onnxopt exported itself."""
-    _check_opset(model)
+    _check_opset(model, opset_floor)
     validate_structure(model)
     try:
         if path is not None and model_size_bytes(model) > EXTERNAL_DATA_THRESHOLD:
@@ -143,19 +144,31 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bool = True) -> onnx.ModelProto:
-    """Load and validate a model from a path, bytes, or an in-memory ModelProto (copied)."""
+def _checked_or_upgraded(model: onnx.ModelProto, upgrades: list[OpsetUpgrade] | None) -> onnx.ModelProto:
+    """check_model; a model below the opset floor is checked at its own opset, upgraded (verified
+    against itself in onnxruntime, see onnxopt.upgrade), and the upgraded model is checked."""
+    if below_floor(model):
+        check_model(model, opset_floor=1)
+        model, record = upgrade_opset(model)
+        if upgrades is not None:
+            upgrades.append(record)
+    check_model(model)
+    return model
+
+
+def load_model(
+    source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bool = True, upgrades: list[OpsetUpgrade] | None = None
+) -> onnx.ModelProto:
+    """Load and validate a model from a path, bytes, or an in-memory ModelProto (copied).
+
+    With `check`, a model below opset 7 comes back upgraded; `upgrades` (a list) receives the record."""
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
-        if check:
-            check_model(model)
-        return model
+        return _checked_or_upgraded(model, upgrades) if check else model
     if isinstance(source, (bytes, bytearray)):
         model = _parse(bytes(source), "the given bytes")
-        if check:
-            check_model(model)
-        return model
+        return _checked_or_upgraded(model, upgrades) if check else model
 
     path = Path(source)
     if not path.exists():
@@ -177,6 +190,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bo
     model = _parse(data, str(path))
     del data
     check_external_data(model, path.parent)
+    if check and below_floor(model):
+        _load_external_data(model, path)
+        return _checked_or_upgraded(model, upgrades)
     if check:
         _check_opset(model)
         # The path-based checker resolves external data itself; run it before we inline the data.
@@ -190,12 +206,16 @@ def load_model(source: str | os.PathLike | onnx.ModelProto | bytes, *, check: bo
             validate_shapes(model)
         else:
             check_model(model)
+    _load_external_data(model, path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     try:
         exdata.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot read external data ({exc})") from None
     _clear_external_markers(model)
-    return model
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:

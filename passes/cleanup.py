@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError
-from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_nbytes, export_skeleton, iter_graphs, node_count, replace_uses
+from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_input_value, constant_nbytes, export_skeleton, iter_graphs, node_count, nontensor_types_hidden, replace_uses, touches_nontensor
 from onnxopt.instruments import NONDETERMINISTIC_OPS
 from onnxopt.passes.dim_symbols import unify_dim_symbols
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
@@ -171,28 +171,108 @@ class ConstantFolding(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = node_count(graph)
         keep = set(self.config.keep_ops) | NONDETERMINISTIC_OPS
-        fold = lambda partitioning, error_ok: graph.fold_constants(  # noqa: E731
-            fold_shapes=self.config.fold_shapes,
-            recurse_subgraphs=True,
-            partitioning=partitioning,
-            error_ok=error_ok,
-            flatten_subgraphs=False,
-            size_threshold=self.config.max_folded_bytes,
-            should_exclude_node=lambda node: node.op in keep,
-        )
+        if self.config.fold_shapes:
+            fold_shape_reads(graph)
+        # Each graph on its own, outermost first: gs's recursion into subgraphs drops
+        # should_exclude_node (it would fold Q/DQ, random ops and sequences inside If/Loop bodies).
+        fold = lambda partitioning, error_ok: [  # noqa: E731
+            sub.fold_constants(
+                fold_shapes=False,  # gs's own shape folding ignores Shape's start/end: fold_shape_reads does it
+                recurse_subgraphs=False,
+                partitioning=partitioning,
+                error_ok=error_ok,
+                flatten_subgraphs=False,
+                size_threshold=self.config.max_folded_bytes,
+                # gs folds tensors only: a sequence or optional value stays as it is
+                should_exclude_node=lambda node: node.op in keep or touches_nontensor(node),
+            )
+            for sub in list(iter_graphs(graph))
+        ]
         mode = self.config.partitioning
         if mode not in ("auto", "none", "basic"):
             raise ConfigError(f"constant-folding.partitioning: {mode!r} is not one of auto, none, basic")
-        if mode == "auto":
-            try:  # a failed run raises before it replaces anything; what it did before is exact
-                fold(None, False)
-            except Exception:
-                fold("basic", True)
-        else:
-            fold(None if mode == "none" else "basic", True)
+        with nontensor_types_hidden(graph):
+            if mode == "auto":
+                try:  # a failed run raises before it replaces anything; what it did before is exact
+                    fold(None, False)
+                except Exception:
+                    fold("basic", True)
+            else:
+                fold(None if mode == "none" else "basic", True)
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True).toposort()
         after = node_count(graph)
         return PassResult(changed=after != before, stats={"nodes_folded": before - after})
+
+
+def _static(dims) -> bool:
+    return all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims)
+
+
+def shape_slice(node: gs.Node, rank: int) -> slice:
+    """The dims a Shape node returns: opset 15's start/end, negative ones counted from the back,
+    both clamped to [0, rank]."""
+    def clamp(value, default):
+        value = default if value is None else int(value)
+        return min(max(value + rank if value < 0 else value, 0), rank)
+
+    return slice(clamp(node.attrs.get("start"), 0), clamp(node.attrs.get("end"), rank))
+
+
+def _shape_values(node: gs.Node) -> list | None:
+    if node.op != "Shape" or node.domain not in (None, "", "ai.onnx") or not node.inputs or not node.outputs:
+        return None
+    shape = node.inputs[0].shape
+    if shape is None:
+        return None
+    dims = list(shape)
+    return dims[shape_slice(node, len(dims))]
+
+
+def _read_of_shape(consumer: gs.Node, dims: list) -> list | int | None:
+    """The values a Gather (axis 0) or Slice (axis 0, positive steps) takes from a shape, or None."""
+    values = [constant_input_value(t) for t in consumer.inputs[1:]]
+    if consumer.op == "Gather" and int(consumer.attrs.get("axis", 0)) == 0 and values and values[0] is not None:
+        indices = np.asarray(values[0]).astype(np.int64)
+        if indices.size and (indices.min() < -len(dims) or indices.max() >= len(dims)):
+            return None
+        picked = [dims[int(i)] for i in indices.ravel()]
+        return picked[0] if indices.ndim == 0 else np.array(picked, dtype=object).reshape(indices.shape).tolist()
+    if consumer.op == "Slice" and len(values) >= 2 and all(v is not None for v in values):
+        starts, ends = (np.asarray(v).ravel() for v in values[:2])
+        axes = np.asarray(values[2]).ravel() if len(values) > 2 else np.zeros(1, np.int64)
+        steps = np.asarray(values[3]).ravel() if len(values) > 3 else np.ones(1, np.int64)
+        if starts.size != 1 or axes.tolist() not in ([0], [-1]) or steps.size != 1 or steps[0] <= 0:
+            return None
+        return dims[int(starts[0]):int(ends[0]):int(steps[0])]  # python's clamping is ONNX's for positive steps
+    return None
+
+
+def fold_shape_reads(graph: gs.Graph) -> int:
+    """Shape nodes, and Gather/Slice nodes reading a Shape's output, whose values are static become
+    constants. gs's shape folding ignores Shape's start/end (opset 15), so this replaces it."""
+    folded = 0
+    for sub in iter_graphs(graph):
+        for node in list(sub.nodes):
+            dims = _shape_values(node)
+            if dims is None or not isinstance(node.outputs[0], gs.Variable):
+                continue
+            out = node.outputs[0]
+            if _static(dims):
+                node.outputs.clear()
+                out.to_constant(np.array(dims, dtype=np.int64))
+                folded += 1
+                continue
+            for consumer in list(out.outputs):
+                if consumer.op not in ("Gather", "Slice") or len(consumer.outputs) != 1 or not isinstance(consumer.outputs[0], gs.Variable):
+                    continue
+                values = _read_of_shape(consumer, dims)
+                if values is None or not _static(np.ravel(np.array(values, dtype=object)).tolist()):
+                    continue
+                result = consumer.outputs[0]
+                consumer.outputs.clear()
+                result.to_constant(np.array(values, dtype=np.int64))
+                folded += 1
+    return folded
 
 
 def _is_inference_dropout(node: gs.Node) -> bool:

@@ -62,10 +62,30 @@ def test_checker_failure_is_model_invalid(tmp_path):
         load_model(path)
 
 
-def test_old_opset_rejected(tmp_path):
-    model = small_model()
-    model.opset_import[0].version = 5
-    with pytest.raises(ModelInvalidError, match="older than 7"):
+def test_old_opset_is_upgraded_and_verified(tmp_path):
+    """A model below opset 7 comes back at opset 7, its weights kept, its outputs those of the original."""
+    from tests.conftest import assert_same_outputs
+
+    model = small_model(512)  # a 2 KB weight: left out of the converted copy, then put back
+    model.opset_import[0].version = 6
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    upgrades = []
+    loaded = load_model(path, upgrades=upgrades)
+    assert loaded.opset_import[0].version == 7
+    assert [u.to_dict() for u in upgrades] == [{"from": 6, "to": 7, "verified": "outputs equal to the original's in onnxruntime"}]
+    assert {i.name for i in loaded.graph.initializer} == {i.name for i in model.graph.initializer}
+    assert not {i.name for i in loaded.graph.input} & {i.name for i in loaded.graph.initializer}
+    assert_same_outputs(model, loaded)
+
+
+def test_old_opset_the_converter_cannot_upgrade_is_refused_with_its_reason():
+    from onnx import TensorProto, helper
+
+    pad = helper.make_node("Pad", ["x"], ["y"], paddings=[0, 1, 0, 1])
+    graph = helper.make_graph([pad], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 1)])
+    with pytest.raises(ModelInvalidError, match=r"opset 1 is older than 7 and onnx's version converter cannot upgrade it \(No Adapter From Version 1 for Pad\)"):
         load_model(model)
 
 

@@ -2,7 +2,10 @@
 reciprocal, and two constant Adds (or Muls) in a row become one.
 
 `x / c == x * (1/c)` up to one rounding of `1/c` (float tolerance; exact for powers of two), and
-Mul is cheaper and folds further (into a Conv, or with a neighbouring Mul). `(x + a) + b ==
+Mul is cheaper and folds further (into a Conv, or with a neighbouring Mul). One ulp matters where
+the quotient is later rounded or compared (Round, Floor, Cast to an integer, QuantizeLinear,
+comparisons: the expanded DynamicQuantizeLinear computes its zero point so): there only an exact
+reciprocal (powers of two) is used. `(x + a) + b ==
 x + (a + b)` and `(x * a) * b == x * (a * b)` up to float rounding; the broadcast shape of the
 result is the same either way. Only float tensors; Div refuses constants with zeros.
 """
@@ -22,12 +25,42 @@ class DivByConstantToMul(Rule):
 
     def check(self, div):
         values = self.const(div.inputs[1])
-        return is_float(values) and self.const(div.inputs[0]) is None and bool(np.all(values != 0))
+        if not (is_float(values) and self.const(div.inputs[0]) is None and bool(np.all(values != 0))):
+            return False
+        return _exact_reciprocal(values) or not _reaches_rounding(div.outputs[0])
 
     def rewrite(self, div):
         values = self.const(div.inputs[1])
         div.op = "Mul"
         div.inputs[1] = self.new_const(f"{div.inputs[1].name}_reciprocal", (1.0 / values.astype(np.float64)).astype(values.dtype))
+
+
+# Ops whose result can jump when their input moves by one ulp.
+ROUNDING_OPS = frozenset({
+    "Round", "Floor", "Ceil", "Sign", "Mod", "QuantizeLinear", "DynamicQuantizeLinear", "Equal", "Less", "Greater",
+    "LessOrEqual", "GreaterOrEqual", "ArgMax", "ArgMin", "TopK", "Cast", "CastLike", "Loop", "If", "Scan",
+})
+
+
+def _exact_reciprocal(values: np.ndarray) -> bool:
+    """Every value a power of two (its reciprocal is exact, barring overflow)."""
+    mantissa, _ = np.frexp(values.astype(np.float64))
+    reciprocal = 1.0 / values.astype(np.float64)
+    return bool(np.all(np.abs(mantissa) == 0.5) and np.all(np.isfinite(reciprocal.astype(values.dtype))))
+
+
+def _reaches_rounding(tensor, limit: int = 10000) -> bool:
+    """Whether a rounding or comparing op (or a graph boundary of a subgraph op) reads the value, directly or downstream."""
+    seen, stack = set(), [tensor]
+    while stack and len(seen) < limit:
+        for node in stack.pop().outputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op in ROUNDING_OPS:
+                return True
+            stack.extend(node.outputs)
+    return len(seen) >= limit
 
 
 class _MergeConstantChain(Rule):

@@ -121,7 +121,8 @@ class Rule:
         return np.asarray(tensor.values)
 
     def new_const(self, base: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.namer(base), np.ascontiguousarray(value))
+        # np.require keeps a scalar a scalar (np.ascontiguousarray would make it shape [1])
+        return gs.Constant(self.namer(base), np.require(value, requirements="C"))
 
     def new_tensor(self, base: str, like: gs.Tensor | None = None) -> gs.Variable:
         return gs.Variable(self.namer(base), dtype=like.dtype if like is not None else None, shape=like.shape if like is not None else None)

@@ -173,3 +173,93 @@ def test_if_subgraph_survives_cleanup():
             assert_same_outputs(model, out, seed=seed)
         model = out
     assert "If" in ops(model)
+
+
+# --- regressions from ONNX's node-test suite (tests/robustness/node_suite.py) ---------------------
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "start,end,expected",
+    [(1, None, [3, 4, 5]), (None, -1, [2, 3, 4]), (-2, None, [4, 5]), (-10, 10, [2, 3, 4, 5]), (10, None, []), (1, -1, [3, 4]), (3, 1, [])],
+)
+def test_constant_folding_honours_shape_start_and_end(start, end, expected):
+    """gs's shape folding returned the whole shape whatever Shape's start/end (opset 15) said."""
+    attrs = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+    model = make_model([helper.make_node("Shape", ["x"], ["y"], **attrs)], [tensor("x", [2, 3, 4, 5])], [tensor("y", ["k"], TensorProto.INT64)], opset=15)
+    graph = import_graph(model)
+    get_pass("shape-inference")().run(graph, PassContext())
+    get_pass("constant-folding")().run(graph, PassContext())
+    out = export_model(graph, model)
+    assert "Shape" not in ops(out)
+    assert_same_outputs(model, out)
+    folded = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    assert folded["y"].tolist() == expected
+
+
+def test_constant_folding_reads_gather_of_a_sliced_shape_at_the_sliced_position():
+    """Shape(start=1) -> Gather(0) of an input [N, 3, 4] is 3, not the input's dim 0."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], start=1), helper.make_node("Gather", ["s", "zero"], ["n"], axis=0)]
+    model = make_model(nodes, [tensor("x", ["N", 3, 4])], [tensor("n", [], TensorProto.INT64)], [init("zero", np.array(0, np.int64))], opset=15)
+    graph = import_graph(model)
+    get_pass("shape-inference")().run(graph, PassContext())
+    get_pass("constant-folding")().run(graph, PassContext())
+    out = export_model(graph, model)
+    assert ops(out) == []
+    assert numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == "n")).tolist() == 3
+    assert_same_outputs(model, out, shapes={"x": (2, 3, 4)})
+
+
+def _if_model(then_nodes, else_nodes, then_out, else_out, out_type, extra_inputs=()):
+    then_graph = helper.make_graph(then_nodes, "then", [], [then_out])
+    else_graph = helper.make_graph(else_nodes, "else", [], [else_out])
+    node = helper.make_node("If", ["cond"], ["res"], then_branch=then_graph, else_branch=else_graph)
+    res = helper.make_value_info("res", out_type)
+    graph = helper.make_graph([node], "if", [tensor("cond", [], TensorProto.BOOL), *extra_inputs], [res])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run_sequence_model(model, feeds):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def test_constant_folding_leaves_sequences_in_if_branches_alone():
+    """test_if_seq: gs folded SequenceConstruct of constants inside a branch (a list, RecursionError
+    or AttributeError 'list'); sequences are left as they are and the model still runs."""
+    seq_type = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [2]))
+    then_nodes = [helper.make_node("Constant", [], ["a"], value=init("va", np.ones(2, np.float32))), helper.make_node("SequenceConstruct", ["a"], ["t"])]
+    else_nodes = [helper.make_node("Constant", [], ["b"], value=init("vb", np.zeros(2, np.float32))), helper.make_node("SequenceConstruct", ["b"], ["e"])]
+    model = _if_model(then_nodes, else_nodes, helper.make_value_info("t", seq_type), helper.make_value_info("e", seq_type), seq_type)
+    for name in ("shape-inference", "constant-folding", "remove-identity", "dead-code-elimination", "dedup-initializers"):
+        out, _ = run_pass(name, model)
+        assert "SequenceConstruct" in {n.op_type for node in out.graph.node for a in node.attribute if a.HasField("g") for n in a.g.node}
+        for cond in (True, False):
+            feeds = {"cond": np.array(cond)}
+            expected, actual = _run_sequence_model(model, feeds), _run_sequence_model(out, feeds)
+            np.testing.assert_array_equal(actual[0][0], expected[0][0])
+
+
+def test_optional_types_and_type_attributes_survive_import_and_export():
+    """test_if_opt: gs dropped Optional's `type` attribute and crashed exporting optional values."""
+    seq_type = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [5]))
+    opt_type = helper.make_optional_type_proto(seq_type)
+    then_nodes = [
+        helper.make_node("Constant", [], ["x"], value=init("vx", np.arange(5, dtype=np.float32))),
+        helper.make_node("SequenceConstruct", ["x"], ["seq"]),
+        helper.make_node("Optional", ["seq"], ["t"]),
+    ]
+    else_nodes = [helper.make_node("Optional", [], ["e"], type=seq_type)]
+    model = _if_model(then_nodes, else_nodes, helper.make_value_info("t", opt_type), helper.make_value_info("e", opt_type), opt_type)
+    for name in ("shape-inference", "constant-folding", "cse", "fusion"):
+        out, _ = run_pass(name, model)
+        assert out.graph.output[0].type == opt_type
+        for cond in (True, False):
+            expected, actual = _run_sequence_model(model, {"cond": np.array(cond)}), _run_sequence_model(out, {"cond": np.array(cond)})
+            assert (actual[0] is None) == (expected[0] is None)
