@@ -124,7 +124,8 @@ def compile(
     engine_path = _engine_path(engine, source, out_path, target_name) if backend_name == "tensorrt" else None
 
     say(f"loading {source or 'model'}")
-    original = load_model(model)
+    upgrades: list = []  # models below opset 7 come back upgraded (onnxopt.upgrade); the report says so
+    original = load_model(model, upgrades=upgrades)
     shapes = dict(input_shapes or {})
     for name, (_, opt, _) in dict(input_ranges or {}).items():
         shapes.setdefault(name, tuple(opt))
@@ -132,6 +133,9 @@ def compile(
     ctx = PassContext(
         target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed, options=dict(options or {})
     )
+    for upgrade in upgrades:
+        ctx.warn(upgrade.note())
+        ctx.artifacts["report:opset_upgrade"] = upgrade.to_dict()
     nonfinite = nonfinite_tensors(original)
     if nonfinite:
         names = ", ".join(nonfinite[:5]) + (f" and {len(nonfinite) - 5} more" if len(nonfinite) > 5 else "")

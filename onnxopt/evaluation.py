@@ -17,7 +17,22 @@ def _as_float(a: Any) -> np.ndarray:
 def output_difference(reference: dict[str, Any], candidate: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per output: max absolute error, the same relative to the reference's largest magnitude, cosine."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf outputs are compared, not warned about
-        return _output_difference(reference, candidate)
+        return _output_difference(_items(reference), _items(candidate))
+
+
+def _items(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Sequence outputs (lists of tensors) as one entry per item plus their length, so they compare
+    like tensors; an absent optional (None) compares equal only to another None."""
+    if not any(isinstance(v, list) for v in outputs.values()):
+        return outputs
+    flat: dict[str, Any] = {}
+    for name, value in outputs.items():
+        if isinstance(value, list):
+            flat[f"{name} (length)"] = np.array(len(value))
+            flat.update({f"{name}[{i}]": item for i, item in enumerate(value)})
+        else:
+            flat[name] = value
+    return flat
 
 
 def _output_difference(reference: dict[str, Any], candidate: dict[str, Any]) -> dict[str, dict[str, float]]:

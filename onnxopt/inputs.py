@@ -22,6 +22,23 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    kind: str = "tensor"  # "sequence": a list of SEQUENCE_LENGTH tensors of dtype and shape
+
+
+SEQUENCE_LENGTH = 2
+
+
+def _element_type(vi: onnx.ValueInfoProto) -> tuple[onnx.TypeProto.Tensor, str]:
+    """The tensor type an input holds, and whether it is a tensor or a sequence of them; an optional
+    input is fed present. Maps and nested sequences are refused."""
+    value = vi.type
+    if value.HasField("optional_type"):
+        value = value.optional_type.elem_type
+    if value.HasField("tensor_type"):
+        return value.tensor_type, "tensor"
+    if value.HasField("sequence_type") and value.sequence_type.elem_type.HasField("tensor_type"):
+        return value.sequence_type.elem_type.tensor_type, "sequence"
+    raise ModelInvalidError(f"input {vi.name!r} is not a tensor, a sequence of tensors or an optional one; onnxopt cannot feed it")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -89,9 +106,7 @@ def input_specs(
     symbols: dict[str, int] = {}
     specs = []
     for vi in inputs:
-        ttype = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise ModelInvalidError(f"input {vi.name!r} is not a tensor; only tensor inputs are supported")
+        ttype, kind = _element_type(vi)
         try:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type))
         except (KeyError, TypeError, ValueError):
@@ -106,7 +121,7 @@ def input_specs(
                     raise ConfigError(f"--input-shape {vi.name}: dim fixed at {d.dim_value} in the model, got {value}")
                 if d.dim_param:
                     symbols.setdefault(d.dim_param, value)
-            specs.append(InputSpec(vi.name, dtype, tuple(shape)))
+            specs.append(InputSpec(vi.name, dtype, tuple(shape), kind))
             continue
         if not ttype.HasField("shape"):
             raise ConfigError(f"input {vi.name!r} has no declared rank; pass --input-shape {vi.name}=...")
@@ -127,7 +142,7 @@ def input_specs(
             message = f"input {vi.name} has dynamic dims; using {text} (set --input-shape {vi.name}=...)"
             if message not in warnings:
                 warnings.append(message)
-        specs.append(InputSpec(vi.name, dtype, tuple(shape)))
+        specs.append(InputSpec(vi.name, dtype, tuple(shape), kind))
     for spec in specs:
         nbytes = int(np.prod(spec.shape, dtype=np.float64)) * spec.dtype.itemsize
         if nbytes > MAX_FEED_BYTES:
@@ -135,17 +150,24 @@ def input_specs(
     return specs
 
 
-def random_feeds(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs: standard normal floats, integers in {0, 1} (valid as indices and masks), bools."""
+def random_feeds(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Seeded inputs: standard normal floats, integers in {0, 1} (valid as indices and masks), bools;
+    a sequence input gets SEQUENCE_LENGTH such tensors."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
-        if spec.dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
-        elif spec.dtype.kind in "iu":
-            feeds[spec.name] = rng.integers(0, 2, size=spec.shape).astype(spec.dtype)
-        elif spec.dtype.kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, size=spec.shape).astype(bool)
-        else:
+        if spec.dtype.kind not in "fiub":
             raise ConfigError(f"input {spec.name} has dtype {spec.dtype}, which onnxopt cannot generate data for")
+        if spec.kind == "sequence":
+            feeds[spec.name] = [_random_tensor(rng, spec) for _ in range(SEQUENCE_LENGTH)]
+        else:
+            feeds[spec.name] = _random_tensor(rng, spec)
     return feeds
+
+
+def _random_tensor(rng: np.random.Generator, spec: InputSpec) -> np.ndarray:
+    if spec.dtype.kind == "f":
+        return rng.standard_normal(spec.shape).astype(spec.dtype)
+    if spec.dtype.kind in "iu":
+        return rng.integers(0, 2, size=spec.shape).astype(spec.dtype)
+    return rng.integers(0, 2, size=spec.shape).astype(bool)
