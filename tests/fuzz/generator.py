@@ -4,8 +4,12 @@ The generator keeps a pool of tensors whose dtype and shape it tracks, and grows
 a time from ops whose constraints it can satisfy: elementwise unary and binary ops with
 broadcasting, Conv/BatchNormalization/pooling, MatMul/Gemm, Reshape/Transpose/Concat/Split/Slice/
 Gather/Squeeze/Unsqueeze/Flatten/Expand/Tile, reductions, Softmax/LayerNormalization, Cast, Where,
-shape sub-graphs, Constant nodes, shared and duplicated initializers, Identity/Dropout, dead
-branches and If subgraphs that read outer-scope tensors.
+shape sub-graphs (Shape with start/end), Constant nodes, shared and duplicated initializers,
+Identity/Dropout, dead branches and If subgraphs that read outer-scope tensors; sequences
+(SequenceConstruct/SequenceAt/ConcatFromSequence) and optional values, also inside If branches;
+float16/bfloat16 weights, zero-size intermediate tensors, graph outputs that are graph inputs or
+initializers, and one value under two output names. `old_opset_models` draws models at opset 6,
+which onnxopt upgrades on load (what ONNX's node tests showed).
 
 Inputs may have a symbolic batch dim "N" on axis 0. Such a "batched" tensor keeps N on axis 0 through
 every op the generator applies to it (no op moves, slices or concatenates the batch axis), so the
@@ -534,17 +538,96 @@ def op_if(b: Builder) -> bool:
     return True
 
 
+def op_sequence(b: Builder) -> bool:
+    """Two same-shape values through a sequence: SequenceConstruct, then SequenceAt or ConcatFromSequence."""
+    x = b.pick(lambda v: v.is_float and v.rank >= 1)
+    if x is None:
+        return False
+    other = b.pick(lambda v: v.is_float and v.shape == x.shape and v.name != x.name)
+    second = other.name if other is not None else b.node("Neg", [x.name])[0]
+    seq = b.node("SequenceConstruct", [x.name, second])[0]
+    if b.draw(st.booleans()) or x.shape[-1] == N:
+        b.add(Value(b.node("SequenceAt", [seq, b.int_const(b.draw(st.sampled_from([0, 1, -1])))])[0], x.dtype, x.shape))
+    else:
+        shape = (*x.shape[:-1], 2 * x.shape[-1])
+        b.add(Value(b.node("ConcatFromSequence", [seq], axis=-1)[0], x.dtype, shape))
+    return True
+
+
+def op_optional(b: Builder) -> bool:
+    """A value wrapped in an Optional and taken out again; or, inside an If, an optional output."""
+    x = b.pick(lambda v: v.is_float)
+    if x is None or b.opset < 15:
+        return False
+    if b.draw(st.booleans()):
+        opt = b.node("Optional", [x.name])[0]
+        b.add(Value(b.node("OptionalGetElement", [opt])[0], x.dtype, x.shape))
+        return True
+    elem = helper.make_tensor_type_proto(ELEM[x.dtype], None)
+    opt_type = helper.make_optional_type_proto(elem)
+    then_out, else_out = b.fresh("then_opt"), b.fresh("else_opt")
+    then_graph = helper.make_graph([helper.make_node("Optional", [x.name], [then_out])], "then", [], [helper.make_value_info(then_out, opt_type)])
+    else_graph = helper.make_graph([helper.make_node("Optional", [], [else_out], type=elem)], "else", [], [helper.make_value_info(else_out, opt_type)])
+    cond = b.constant(np.bool_(b.draw(st.booleans())))
+    opt = b.node("If", [cond], then_branch=then_graph, else_branch=else_graph)[0]
+    has = b.node("OptionalHasElement", [opt])[0]
+    # Where(has, x, -x): the optional's presence decides, and both paths are exact
+    b.add(Value(b.node("Where", [has, x.name, b.node("Neg", [x.name])[0]])[0], x.dtype, x.shape))
+    return True
+
+
+def op_low_precision_weight(b: Builder) -> bool:
+    """A float16 or bfloat16 weight cast to float and added: folding and dedup must keep its type."""
+    x = b.pick(lambda v: v.is_float and v.rank >= 1 and v.shape[-1] != N)
+    if x is None:
+        return False
+    values = b.weights((x.shape[-1],))
+    if b.draw(st.booleans()):
+        name = b.constant(values.astype(np.float16))
+    else:
+        name = b.fresh("bf16_")
+        b.initializers.append(helper.make_tensor(name, TensorProto.BFLOAT16, [len(values)], values.tolist()))
+    widened = b.node("Cast", [name], to=TensorProto.FLOAT)[0]
+    b.add(Value(b.node("Add", [x.name, widened])[0], x.dtype, x.shape))
+    return True
+
+
+def op_zero_size(b: Builder) -> bool:
+    """An empty slice concatenated back: a zero-size intermediate tensor that changes nothing."""
+    x = b.pick(lambda v: v.rank >= 1 and v.shape[-1] != N)
+    if x is None:
+        return False
+    empty = b.node("Slice", [x.name, b.int_const([0]), b.int_const([0]), b.int_const([-1])])[0]
+    b.add(Value(b.node("Concat", [x.name, empty], axis=-1)[0], x.dtype, x.shape))
+    return True
+
+
+def op_shape_slice(b: Builder) -> bool:
+    """Shape with start/end (opset 15), negative and out of range, read as a constant."""
+    x = b.pick(lambda v: v.rank >= 1)
+    if x is None or b.opset < 15:
+        return False
+    start = b.draw(st.sampled_from([0, 1, -1, -x.rank - 2, x.rank + 1]))
+    end = b.draw(st.sampled_from([None, -1, 1, x.rank + 3]))
+    attrs = {"start": start} | ({"end": end} if end is not None else {})
+    dims = list(range(x.rank))[slice(start, end)]
+    shape = b.node("Shape", [x.name], **attrs)[0]
+    b.add(Value(b.node("Mul", [shape, b.int_const(2)])[0], np.dtype(np.int64), (len(dims),)))
+    return True
+
+
 OPS = [
     op_unary, op_unary, op_binary, op_binary, op_conv, op_pool, op_matmul, op_reshape, op_transpose,
     op_concat_split, op_slice_gather, op_squeeze, op_expand_tile, op_reduce, op_normalize, op_cast,
     op_where, op_identity, op_constant_subgraph, op_dead_branch, op_if, op_shape_math, op_dropout_mask,
+    op_sequence, op_optional, op_low_precision_weight, op_zero_size, op_shape_slice,
 ]
 
 
 @st.composite
 def models(draw, max_ops: int = 14) -> tuple[onnx.ModelProto, bool]:
     """A random valid model (checked by onnx.checker), and whether its inputs have the batch dim N."""
-    opset = draw(st.sampled_from([13, 17]))
+    opset = draw(st.sampled_from([13, 17, 18]))
     b = Builder(draw, np.random.default_rng(draw(st.integers(0, 2**16))), opset)
     batched = draw(st.booleans())
     for i in range(draw(st.integers(1, 2))):
@@ -571,12 +654,51 @@ def models(draw, max_ops: int = 14) -> tuple[onnx.ModelProto, bool]:
     outputs = []
     for name in chosen:
         v = by_name[name]
-        if v.is_input:  # a graph input cannot also be a graph output name; route it through Identity
+        if v.is_input and draw(st.booleans()):  # an input read out as it is: directly, or through Identity
             name = b.node("Identity", [name])[0]
         dims = _onnx_dims(v.shape) if draw(st.booleans()) else [f"{name}_d{i}" for i in range(v.rank)]  # known or only the rank
         outputs.append(helper.make_tensor_value_info(name, ELEM[v.dtype], dims))
+    if draw(st.booleans()):  # one value under a second output name (CSE must not merge the names away)
+        v = by_name[chosen[0]]
+        twin = b.node("Identity", [chosen[0]])[0]
+        if v.is_float and draw(st.booleans()):  # -(-y): the same value computed again
+            twin = b.node("Neg", [b.node("Neg", [chosen[0]])[0]])[0]
+        outputs.append(helper.make_tensor_value_info(twin, ELEM[v.dtype], _onnx_dims(v.shape)))
+    if b.consts and draw(st.booleans()):  # an initializer read out as a graph output
+        weight = b.consts[0]
+        if any(i.name == weight.name for i in b.initializers):
+            outputs.append(helper.make_tensor_value_info(weight.name, ELEM[np.dtype(weight.dtype)], list(weight.shape)))
     graph = helper.make_graph(b.nodes, "fuzz", b.inputs, outputs, initializer=b.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model, batched
+
+
+OLD_UNARY = ["Relu", "Sigmoid", "Tanh", "Abs", "Neg", "Exp", "Softsign"]
+
+
+@st.composite
+def old_opset_models(draw, max_ops: int = 6) -> tuple[onnx.ModelProto, bool]:
+    """A chain of ops valid at opset 6, below onnxopt's floor of 7 (such models are upgraded on load);
+    older ones ONNX Runtime itself does not run."""
+    opset = 6
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    shape = [draw(st.integers(1, 3)), draw(st.integers(2, 6))]
+    nodes, inits, current = [], [], "x"
+    for i in range(draw(st.integers(1, max_ops))):
+        kind = draw(st.sampled_from(OLD_UNARY + ["MatMul"]))
+        out = f"t{i}"
+        if kind == "MatMul":
+            weight = (rng.standard_normal((shape[1], shape[1])) * 0.5).astype(np.float32)
+            inits.append(numpy_helper.from_array(weight, f"w{i}"))
+            nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [out]))
+        else:
+            nodes.append(helper.make_node(kind, [current], [out]))
+        current = out
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, shape)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 3
+    onnx.checker.check_model(model)
+    return model, False

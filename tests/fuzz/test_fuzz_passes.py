@@ -14,7 +14,7 @@ import onnxopt
 from onnxopt.graphs import export_model, import_graph
 from onnxopt.pipeline import PassContext, get_pass, registered_passes
 from tests.fuzz.conftest import fuzz_settings
-from tests.fuzz.generator import models
+from tests.fuzz.generator import models, old_opset_models
 from tests.fuzz.harness import assert_equivalent, reference_outputs
 
 EXACT_PASSES = [name for name, cls in registered_passes().items() if cls.exact]
@@ -55,6 +55,18 @@ def test_ort_fp32_recipe_keeps_outputs(case):
     assert result.report.verification.get("ok") is True
     assert_equivalent(refs, result.model, "ort-fp32")
     assert len(result.model.graph.node) <= len(model.graph.node)
+
+
+@fuzz_settings(10)
+@given(old_opset_models())
+def test_old_opset_models_are_upgraded_and_keep_outputs(case):
+    """Below opset 7: upgraded on load (reported), then optimized; outputs equal the original's."""
+    model, _ = case
+    refs = reference_outputs(model, batched=False)
+    result = onnxopt.compile(model, target="ort-fp32", profile=False)
+    assert result.model.opset_import[0].version >= 7
+    assert result.report.artifacts["opset_upgrade"]["from"] == 6
+    assert_equivalent(refs, result.model, "ort-fp32 (upgraded)")
 
 
 def test_harness_catches_a_pass_that_changes_outputs(monkeypatch):
