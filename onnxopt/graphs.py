@@ -31,11 +31,14 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def _restore_type_attributes(proto: onnx.GraphProto, graph: gs.Graph) -> None:
-    """gs drops TypeProto attributes on import (Optional's `type`, SequenceEmpty has none but
-    Optional without an input needs it); put them back, node by node, subgraphs included."""
+    """gs drops TypeProto attributes on import (Optional without an input needs its `type`) and
+    cannot export string tensor attributes (LabelEncoder's keys); put the protos back, node by
+    node, subgraphs included."""
     for proto_node, node in zip(proto.node, graph.nodes):
         for attr in proto_node.attribute:
-            if attr.type == onnx.AttributeProto.TYPE_PROTO:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == onnx.TensorProto.STRING:
+                node.attrs[attr.name] = onnx.TensorProto.FromString(attr.t.SerializeToString())  # gs cannot export string tensors
+            elif attr.type == onnx.AttributeProto.TYPE_PROTO:
                 node.attrs[attr.name] = onnx.TypeProto.FromString(attr.tp.SerializeToString())
             elif attr.type == onnx.AttributeProto.TYPE_PROTOS:
                 node.attrs[attr.name] = [onnx.TypeProto.FromString(t.SerializeToString()) for t in attr.type_protos]

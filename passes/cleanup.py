@@ -119,6 +119,9 @@ def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext, timeout: float
     (Resize chains in detection models), and onnx's result is a fine answer when it does."""
     import multiprocessing
 
+    if multiprocessing.current_process().daemon:  # e.g. a multiprocessing.Pool worker: it may not start processes
+        ctx.warn("symbolic shape inference skipped: onnxopt runs in a daemonic process, which cannot start the worker that bounds its time")
+        return model
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     if method == "fork":
         _symbolic_engine()  # imported once here (sympy is slow to import), inherited by every fork

@@ -152,3 +152,20 @@ def test_cli_eval_json_and_summary(pair, tmp_path):
     assert result.exit_code == 0 and "top-1 agreement" in result.output
     result = CliRunner().invoke(main, ["eval", str(a), str(b), "--data", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "no such file or folder" in result.output
+
+
+def test_exactness_allows_two_ulps_of_a_half_precision_output_and_compares_sequences_item_by_item():
+    """A float16 output one ulp off is float tolerance for it (not for float32); sequence outputs
+    (lists of tensors) compare item by item."""
+    from onnxopt.evaluation import output_difference, outputs_match
+
+    ref = np.array([1.5, -1.75], np.float16)
+    one_ulp = ref + np.array([np.finfo(np.float16).eps * 2, 0], np.float16)
+    assert outputs_match(output_difference({"y": ref}, {"y": one_ulp}), 1e-4, 1e-5)[0]
+    assert not outputs_match(output_difference({"y": ref}, {"y": ref + np.float16(0.25)}), 1e-4, 1e-5)[0]
+    as32 = ref.astype(np.float32)
+    assert not outputs_match(output_difference({"y": as32}, {"y": one_ulp.astype(np.float32)}), 1e-4, 1e-5)[0]
+    seq = [np.ones(2, np.float32), np.zeros(3, np.float32)]
+    assert outputs_match(output_difference({"s": seq}, {"s": [t.copy() for t in seq]}), 1e-4, 1e-5)[0]
+    ok, why = outputs_match(output_difference({"s": seq}, {"s": seq[:1]}), 1e-4, 1e-5)
+    assert not ok and "s[1] is missing" in why

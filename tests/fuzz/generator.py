@@ -696,9 +696,12 @@ def old_opset_models(draw, max_ops: int = 6) -> tuple[onnx.ModelProto, bool]:
         else:
             nodes.append(helper.make_node(kind, [current], [out]))
         current = out
-    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, shape)], initializer=inits)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    weights_as_inputs = draw(st.booleans())  # IR 3 (exporters of that time) lists every weight as a graph input too
+    if weights_as_inputs:
+        inputs += [helper.make_tensor_value_info(w.name, TensorProto.FLOAT, list(w.dims)) for w in inits]
+    graph = helper.make_graph(nodes, "old", inputs, [helper.make_tensor_value_info(current, TensorProto.FLOAT, shape)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 3
+    model.ir_version = 3 if weights_as_inputs else 4
     onnx.checker.check_model(model)
     return model, False

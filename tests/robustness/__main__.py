@@ -13,6 +13,7 @@ import multiprocessing
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
 from tests.robustness.node_suite import OUTCOMES, case_names, run_case_safely, totals
@@ -30,8 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         names = [n for n in names if any(s in n for s in args.only)]
     start = time.time()
-    with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=50) as pool:
-        records = list(pool.imap(partial(run_case_safely, passes=not args.recipe_only), names, chunksize=4))
+    # Not a multiprocessing.Pool: its workers are daemonic, and a compile in a daemonic process skips
+    # symbolic shape inference (it cannot start its time-bounded worker), unlike a user's.
+    run = partial(run_case_safely, passes=not args.recipe_only)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:  # (max_tasks_per_child hangs on Python 3.11)
+        records = []
+        for record in pool.map(run, names, chunksize=2):
+            records.append(record)
+            if len(records) % 50 == 0:
+                print(f"{len(records)}/{len(names)} models, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+        records.sort(key=lambda r: r["name"])
     table = totals(records)
     ort = table.pop("onnxruntime", Counter())
     print(f"{len(records)} node-test models of onnx; onnxruntime: " + ", ".join(f"{k} {v}" for k, v in ort.most_common()))

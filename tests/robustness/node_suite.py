@@ -184,6 +184,8 @@ def values_differ(reference: Any, candidate: Any, rtol: float, atol: float) -> s
     if ref.dtype.kind not in "fc":
         wrong = int(np.count_nonzero(ref != cand))
         return f"{wrong} elements differ" if wrong else ""
+    if ref.dtype.itemsize <= 2:  # half precision: two of its ulps are float tolerance, as in onnxopt's verification
+        rtol = max(rtol, 2 * float(np.finfo(np.float16).eps))
     r, c = ref.astype(np.float64), cand.astype(np.float64)
     with np.errstate(invalid="ignore"):
         same = (np.isnan(r) & np.isnan(c)) | (r == c)
@@ -349,13 +351,17 @@ REGRESSIONS = (
     "test_if", "test_if_opt", "test_if_seq", "test_loop11", "test_loop13_seq", "test_loop16_seq_none", "test_scan9_sum",
     "test_shape_start_1", "test_shape_end_negative_1", "test_shape_clip_start", "test_shape_start_negative_1",
     "test_dynamicquantizelinear_expanded", "test_not_2d", "test_sequence_map_identity_1_sequence",
-    "test_optional_has_element_optional_input",
+    "test_optional_has_element_optional_input", "test_ai_onnx_ml_label_encoder_tensor_mapping", "test_size",
 )
+
+
+# Larger models that once broke the recipe: in CI through ort-fp32 only.
+RECIPE_REGRESSIONS = ("test_attention_4d_fp16_expanded", "test_center_crop_pad_crop_expanded")
 
 
 def ci_share(names: list[str], every: int = 60) -> list[str]:
     """A deterministic share for the default run: every `every`-th model, plus the regressions."""
-    return sorted(set(names[::every]) | (set(REGRESSIONS) & set(names)))
+    return sorted(set(names[::every]) | (set(REGRESSIONS + RECIPE_REGRESSIONS) & set(names)))
 
 
 def totals(records: list[dict[str, Any]]) -> dict[str, Counter]:
