@@ -18,3 +18,12 @@ def get_backend(name: str, **options):
         raise ConfigError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
     module, cls = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), cls)(**options)
+
+
+def backend_availability(name: str) -> str | None:
+    """None when the backend can build and run artifacts here, else the reason it cannot."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
+    module, _ = BACKENDS[name].split(":")
+    availability = getattr(importlib.import_module(module), "availability", None)
+    return availability() if availability is not None else None

@@ -21,6 +21,7 @@ from onnxopt.validation import nonfinite_tensors
 from onnxopt.pipeline import PassContext, PassManager, build_passes
 from onnxopt.recipes import apply_overrides, insert_structural_passes, load_recipe_file, load_target
 from onnxopt.report import CompileReport
+from onnxopt.targets import Target, recipe_name
 
 VERIFY_MODES = ("end", "each", "off")
 
@@ -46,6 +47,17 @@ def resolve_recipe(target: str, recipe: str | os.PathLike | dict | None, overrid
         base = load_target(target)
     base = insert_structural_passes(base, list(extra_passes or ()))
     return apply_overrides(base, list(overrides or ()))
+
+
+def resolve_target(recipe_dict: dict[str, Any], target: str, recipe: str | os.PathLike | dict | None) -> Target:
+    """The Target of the resolved recipe; a recipe file without `name` goes by its file stem."""
+    if recipe is None:
+        default = target
+    elif isinstance(recipe, dict):
+        default = "custom"
+    else:
+        default = recipe_name(recipe)
+    return Target.from_recipe(recipe_dict, default)
 
 
 def _check_output_path(source: Path | None, output: Path | None) -> None:
@@ -107,7 +119,8 @@ def compile(
     if emit not in ("auto", "onnx"):
         raise ConfigError(f"unknown emit mode {emit!r}; use auto or onnx")
     recipe_dict = resolve_recipe(target, recipe, overrides, extra_passes)
-    target_name = recipe_dict.get("name", target)
+    target_obj = resolve_target(recipe_dict, target, recipe)
+    target_name = target_obj.name
     out_path = Path(output) if output is not None else None
     if out_path is None and source is not None and save is not False:
         out_path = default_output_path(source, target_name)
@@ -119,7 +132,7 @@ def compile(
     if mode not in VERIFY_MODES:
         raise ConfigError(f"unknown verify mode {mode!r}; use one of {', '.join(VERIFY_MODES)}")
     passes = build_passes(recipe_dict["passes"])
-    backend_name = recipe_dict.get("backend", "ort")
+    backend_name = target_obj.backend
     engine_options = _engine_options(recipe_dict) if backend_name == "tensorrt" else None
     engine_path = _engine_path(engine, source, out_path, target_name) if backend_name == "tensorrt" else None
 
@@ -130,7 +143,7 @@ def compile(
         shapes.setdefault(name, tuple(opt))
     calib = open_calibration(calibration, original, limit=calibration_limit, input_shapes=shapes) if calibration is not None else None
     ctx = PassContext(
-        target=target_name, teacher=original, calibration=calib, input_shapes=shapes, seed=seed, options=dict(options or {})
+        target=target_obj, teacher=original, calibration=calib, input_shapes=shapes, seed=seed, options=dict(options or {})
     )
     nonfinite = nonfinite_tensors(original)
     if nonfinite:

@@ -355,16 +355,29 @@ def passes_cmd(as_json):
 
 
 @main.command("targets")
-def targets_cmd():
-    """List the targets and whether each is available in this version."""
-    from onnxopt.recipes import ALL_TARGETS, available_targets, load_target
+@click.option("--recipe", "recipes", multiple=True, type=click.Path(dir_okay=False), help="Also list this recipe file (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def targets_cmd(recipes, as_json):
+    """List the built-in targets and any --recipe files: backend, precision, capabilities, availability."""
+    from dataclasses import asdict
 
-    ready = set(available_targets())
-    for target in ALL_TARGETS:
-        if target in ready:
-            click.echo(f"{target:<10} {load_target(target).get('description', '')}")
-        else:
-            click.echo(f"{target:<10} (not available yet)")
+    from onnxopt.backends import backend_availability
+    from onnxopt.targets import list_targets
+
+    rows = []
+    for target in list_targets(list(recipes)):
+        missing = backend_availability(target.backend)
+        rows.append({**asdict(target), "available": missing is None, "unavailable_because": missing})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        caps = row["capabilities"]
+        state = "" if row["available"] else f" · engine unavailable here: {row['unavailable_because']}"
+        click.echo(
+            f"{row['name']:<10} {row['backend']}/{row['precision']} · contrib_ops={str(caps['contrib_ops']).lower()} "
+            f"qdq_rules={caps['qdq_rules']}{state}\n           {row['description']}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

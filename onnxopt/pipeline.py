@@ -19,6 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError, OnnxoptError, PassError
+from onnxopt.targets import Target, target_of
 
 
 @dataclass
@@ -31,13 +32,15 @@ class PassResult:
 class PassContext:
     """What passes may read and share: target, data, seed, cached analyses and artifacts.
 
+    `target` is a Target (onnxopt.targets): passes decide by its capabilities, never its name.
+
     `teacher` is the original model (the reference for lossy passes); `calibration` is a
     re-iterable CalibrationData of feed dicts or None; `artifacts` carries results from one pass
     to a later one (quantization scales, pruning decisions), and keys starting with "report:"
     land in the compile report; `options` holds compile-level knobs (e.g. max_drop).
     """
 
-    target: str = "ort-fp32"
+    target: Target | str = "ort-fp32"  # a Target; a built-in target's name is turned into one
     teacher: onnx.ModelProto | None = None
     calibration: Any = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -46,6 +49,9 @@ class PassContext:
     warnings: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # compile-level knobs, e.g. max_drop
     _analyses: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.target = target_of(self.target)
 
     def analysis(self, key: str, compute: Callable[[], Any]) -> Any:
         """A graph-derived result cached until a pass reports a change."""
