@@ -10,10 +10,11 @@ only so that reports and file names keep reading "trt-int8".
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from onnxopt.errors import ConfigError
 from onnxopt.recipes import available_targets, load_recipe_file, load_target
@@ -65,7 +66,7 @@ class Target:
         return self.capabilities.qdq_rules
 
     @classmethod
-    def from_recipe(cls, recipe: Mapping[str, Any], default_name: str) -> "Target":
+    def from_recipe(cls, recipe: Mapping[str, Any], default_name: str) -> Target:
         """The Target a parsed recipe describes; `default_name` names a recipe without `name`."""
         backend = str(recipe.get("backend", "ort"))
         base = BACKEND_CAPABILITIES.get(backend, Capabilities())
@@ -95,7 +96,7 @@ def recipe_name(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
-def target_of(value: "Target | str") -> Target:
+def target_of(value: Target | str) -> Target:
     """A Target from a Target or a built-in target's name (the string form older callers pass)."""
     if isinstance(value, Target):
         return value
@@ -104,7 +105,7 @@ def target_of(value: "Target | str") -> Target:
     return _builtin(value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin(name: str) -> Target:
     return Target.from_recipe(load_target(name), name)
 
