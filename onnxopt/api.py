@@ -15,6 +15,7 @@ from typing import Any
 
 import onnx
 
+from onnxopt import report_html, report_md  # noqa: F401  (they register the .html and .md report renderers)
 from onnxopt.backends.base import Artifact
 from onnxopt.report import CompileReport
 from onnxopt.stages import (

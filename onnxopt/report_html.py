@@ -13,9 +13,10 @@ import html
 import json
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from onnxopt.report import CompileReport, pass_counts
+from onnxopt.report import CompileReport, pass_counts, register_renderer
 
 ORIGINAL = "#94a3b8"
 OPTIMIZED = "#4f46e5"
@@ -600,3 +601,6 @@ def render_html(report: CompileReport) -> str:
         + f'<footer>onnxopt {esc(report.version)} · generated {esc(time.strftime("%Y-%m-%d %H:%M:%S"))} · a self-contained page: no scripts, no network.</footer>'
         "</main></body></html>\n"
     )
+
+
+register_renderer((".html", ".htm"), render_html)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxopt.report import CompileReport, pass_counts
+from onnxopt.report import CompileReport, pass_counts, register_renderer
 from onnxopt.report_html import num
 
 
@@ -172,3 +172,6 @@ def _artifact(value: Any) -> list[str]:
     if isinstance(value, dict):
         return _table(["key", "value"], [[k, num(v, 4) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)] for k, v in value.items()])
     return ["```", json.dumps(value, indent=1, default=str)[:3000], "```"]
+
+
+register_renderer((".md", ".markdown"), render_markdown)

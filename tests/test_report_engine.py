@@ -48,3 +48,21 @@ def test_markdown_shows_the_engine_and_readiness():
     assert "TensorRT readiness: 1 error(s), 0 warning(s)" in text and "dynamic-shape" in text
     plain = render_markdown(report())
     assert "**Engine**" not in plain and "TensorRT readiness" not in plain
+
+
+def test_report_data_imports_no_renderer_and_save_picks_one_by_suffix(tmp_path):
+    """report_html and report_md import the report; the report module never imports them back."""
+    import ast
+    import json
+    from pathlib import Path
+
+    import onnxopt.report
+
+    tree = ast.parse(Path(onnxopt.report.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("onnxopt.report_")}
+    r = report(ENGINE)
+    assert r.save(tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert r.save(tmp_path / "r.md").read_text().startswith("### onnxopt")
+    assert json.loads(r.save(tmp_path / "r.json").read_text())["engine"]["bytes"] == 2_500_000
