@@ -8,6 +8,9 @@ those results at the end and never patched. `onnxopt.compile` runs them in order
 the gate runs the same stages and adds its verdict. Evaluation comes before writing so that bad
 evaluation data leaves no output behind; lowering comes after writing because a TensorRT engine
 that cannot be built here still leaves the TensorRT-ready ONNX.
+
+Like api and gate, this is the layer above the core: it asks the backends registry for the
+target's backend; the core modules (ir, pipeline, instruments, ...) import no backend or pass.
 """
 
 from __future__ import annotations
