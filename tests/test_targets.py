@@ -75,9 +75,10 @@ def test_custom_tensorrt_recipe_gets_tensorrt_qdq_placement(tmp_path):
     assert zero_points and all(inits[z].dtype == np.int8 and not inits[z].any() for z in zero_points)
 
 
-def test_unnamed_ort_recipe_builds_the_same_graph_as_ort_fp32(tmp_path):
-    """my-fp32.toml (no name) is not mistaken for anything by its name; backend ort gives ORT's fusions."""
-    recipe = write(tmp_path, "my-fp32.toml", 'backend = "ort"\n' + EXACT_FUSION)
+@pytest.mark.parametrize("header", ["", 'name = "my-fp32"\n'])
+def test_custom_ort_recipe_builds_the_same_graph_as_ort_fp32(tmp_path, header):
+    """my-fp32.toml (named or not) decides by its backend, not its name: ORT's fusions, contrib ops included."""
+    recipe = write(tmp_path, "my-fp32.toml", header + 'backend = "ort"\n' + EXACT_FUSION)
     model = transformer_block()
     mine = onnxopt.compile(model, recipe=recipe, profile=False)
     builtin = onnxopt.compile(model, target="ort-fp32", profile=False)
@@ -96,9 +97,9 @@ def test_unnamed_tensorrt_recipe_uses_standard_ops_only(tmp_path):
 
 
 @pytest.mark.real
-def test_unnamed_ort_recipe_matches_ort_fp32_on_minilm(tmp_path):
+def test_custom_ort_recipe_matches_ort_fp32_on_minilm(tmp_path):
     path, _, _ = zoo_model("minilm")
-    recipe = write(tmp_path, "my-fp32.toml", 'backend = "ort"\n' + EXACT_FUSION)
+    recipe = write(tmp_path, "my-fp32.toml", 'name = "my-fp32"\nbackend = "ort"\n' + EXACT_FUSION)
     mine = onnxopt.compile(path, recipe=recipe, profile=False, verify="off")
     builtin = onnxopt.compile(path, target="ort-fp32", profile=False, verify="off")
     assert graph_of(mine.model) == graph_of(builtin.model)
