@@ -8,7 +8,7 @@ Pruning and depthwise substitution budget against these numbers, `inspect` print
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -101,13 +101,22 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def concrete_costs(graph: gs.Graph, input_shapes: dict | None = None) -> tuple[dict[str, Any], dict[int, int]]:
+def concrete_costs(
+    graph: gs.Graph, input_shapes: dict | None = None, infer: Callable[[gs.Graph, dict], Any] | None = None
+) -> tuple[dict[str, Any], dict[int, int]]:
     """graph_costs, and every node's MACs keyed by id(node), at concrete shapes: dynamic input dims
     take the values verification and profiling use (`input_shapes` where given, else 1). The
-    graph itself is not modified; structural passes budget against these numbers."""
+    graph itself is not modified; structural passes budget against these numbers (they read them
+    as the "costs" analysis). `infer(copy, input_shapes)` annotates shapes on the copy; the
+    default is the shape-inference pass, found through the pipeline's registry."""
     from onnxopt.graphs import export_model
     from onnxopt.inputs import input_specs
-    from onnxopt.pipeline import PassContext, get_pass  # shape inference is a pass, found through the registry
+
+    if infer is None:
+        from onnxopt.pipeline import PassContext, get_pass
+
+        def infer(copy, shapes):
+            return get_pass("shape-inference")().run(copy, PassContext(input_shapes=dict(shapes or {})))
 
     copy = graph.copy()
     shapes = {spec.name: spec.shape for spec in input_specs(export_model(graph), input_shapes)}
@@ -118,6 +127,6 @@ def concrete_costs(graph: gs.Graph, input_shapes: dict | None = None) -> tuple[d
     for tensor in copy.inputs:
         if tensor.name in shapes:
             tensor.shape = list(shapes[tensor.name])
-    get_pass("shape-inference")().run(copy, PassContext(input_shapes=dict(input_shapes or {})))
+    infer(copy, input_shapes)
     per_node = {id(orig): node_macs(twin) or 0 for orig, twin in zip(graph.nodes, copy.nodes)}
     return graph_costs(copy), per_node

@@ -30,8 +30,39 @@ FLOAT_KINDS = "f"
 NEVER = 10**9  # required_opset() of a rule that is off for this target
 
 
+class Refused:
+    """A check's "no" with the reason (falsy): the rule pass counts reasons in its stats["refused"]."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Refused({self.reason!r})"
+
+
+class Accepted:
+    """A check's "yes" carrying what it computed, handed to `rewrite` as keyword arguments."""
+
+    __slots__ = ("facts",)
+
+    def __init__(self, facts: dict[str, Any]):
+        self.facts = facts
+
+    def __bool__(self) -> bool:
+        return True
+
+
 class Rule:
     """One local rewrite. Subclasses set `pattern` and implement `check` and `rewrite`.
+
+    `check` answers True/False, or `self.refuse("why")` (counted in the pass stats), or
+    `self.accept(name=value, ...)` whose values `rewrite` receives as keyword arguments, so
+    nothing check computed is computed again.
 
     `self.graph` is the graph being rewritten and `self.ctx` the pass context. Override `match`
     for patterns that are not a plain chain (LayerNorm, GELU); it returns the matched nodes or None.
@@ -66,8 +97,16 @@ class Rule:
             nodes.append(nxt)
         return nodes if all(not has_subgraph(n) for n in nodes) else None
 
-    def check(self, *nodes: gs.Node) -> bool:  # pragma: no cover - abstract
+    def check(self, *nodes: gs.Node) -> bool | Refused | Accepted:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @staticmethod
+    def refuse(reason: str) -> Refused:
+        return Refused(reason)
+
+    @staticmethod
+    def accept(**facts: Any) -> Accepted:
+        return Accepted(facts)
 
     def rewrite(self, *nodes: gs.Node) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -251,10 +290,15 @@ def _nested_node_ids(graph: gs.Graph) -> set[int]:
     return ids
 
 
-def apply_rules(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, *, max_sweeps: int = 50) -> Counter:
-    """Apply rules over the graph and its subgraphs until none fires; counts firings per rule."""
+def apply_rules(
+    graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, *, max_sweeps: int = 50, refused: Counter | None = None
+) -> Counter:
+    """Apply rules over the graph and its subgraphs until none fires; counts firings per rule.
+
+    `refused`, when given, counts the reasons checks gave for not firing ("Rule: reason" -> matches)."""
     rules = list(rules)
     counts: Counter = Counter()
+    reasons: dict[str, set[int]] = defaultdict(set)
     if not rules:
         return counts
     namer = Namer(graph)
@@ -274,9 +318,17 @@ def apply_rules(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, 
                     continue
                 for rule in by_op.get(node.op, ()):
                     matched = rule.match(node)
-                    if matched is None or not rule.check(*matched):
+                    if matched is None:
                         continue
-                    rule.rewrite(*matched)
+                    verdict = rule.check(*matched)
+                    if not verdict:
+                        if isinstance(verdict, Refused):
+                            reasons[f"{rule.name}: {verdict.reason}"].add(id(node))
+                        continue
+                    if isinstance(verdict, Accepted):
+                        rule.rewrite(*matched, **verdict.facts)
+                    else:
+                        rule.rewrite(*matched)
                     counts[rule.name] += 1
                     fired += 1
                     break
@@ -286,6 +338,9 @@ def apply_rules(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, 
                 break
         if fired_here:
             sub.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=False).toposort(recurse_subgraphs=False)
+    if refused is not None:
+        for reason, nodes in reasons.items():
+            refused[reason] += len(nodes)
     return counts
 
 
@@ -328,8 +383,11 @@ class RulePass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = node_count(graph)
         raised = raise_opset_for(graph, self.rules, ctx) if self.config.raise_opset else []
-        counts = apply_rules(graph, self.rules, ctx)
-        stats = dict(sorted(counts.items()))
+        refused: Counter = Counter()
+        counts = apply_rules(graph, self.rules, ctx, refused=refused)
+        stats: dict[str, Any] = dict(sorted(counts.items()))
         if raised:
             stats["opset"] = int(graph.opset)
+        if refused:
+            stats["refused"] = dict(sorted(refused.items()))
         return PassResult(changed=bool(counts) or bool(raised) or node_count(graph) != before, stats=stats)

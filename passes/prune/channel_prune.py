@@ -20,15 +20,15 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.costs import concrete_costs
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.graphs import export_model
 from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
 from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
 from onnxopt.passes.prune.removal import remove_channels
 from onnxopt.passes.prune.selection import obs_ranking
-from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams, refit_layers, refittable
-from onnxopt.pipeline import Pass, PassContext, PassResult, get_pass, option, register_pass
+from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams, refittable
+from onnxopt.passes.structural import StructuralPass
+from onnxopt.pipeline import PassContext, PassResult, option, register_pass
 
 DEFAULT_RATIO = 0.3
 DEFAULT_CRITERION = "obs"  # best measured with reconstruction on the Fashion-MNIST CNN (benchmarks/results/prune.md)
@@ -82,21 +82,19 @@ def _describe(group: ChannelGroup) -> dict:
 
 
 @register_pass
-class ChannelPrune(Pass):
+class ChannelPrune(StructuralPass):
     """Structured channel pruning with dependency groups, importance, budget, removal and reconstruction."""
 
     name = "channel-prune"
-    exact = False
     Config = ChannelPruneConfig
     description = "remove whole channels (groups found by dependency analysis) and refit consumers against the teacher"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         cfg = self.config
         _check_config(cfg)
-        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
-        before, node_macs_at = concrete_costs(graph, ctx.input_shapes)
+        before, node_macs_at = self.costs_before(graph, ctx)
         analysis: Analysis = ctx.analysis("channel-groups", lambda: analyse(graph))
-        calibration = ctx.calibration.take(cfg.calib_samples) if ctx.calibration is not None else None
+        calibration = self.sample(ctx)
         criterion = self._criterion(calibration, ctx)
 
         candidates = []
@@ -127,10 +125,10 @@ class ChannelPrune(Pass):
                 ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {predicted / max(before['macs'], 1):.0%}")
         masks = plan(candidates, scores, ratio, cfg.layer_ratios, cfg.round_to, cfg.min_channels, counts)
         if not masks:
-            ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, before, ratio, criterion, [], ctx)
+            self.publish(ctx, self._report(analysis, candidates, skipped, masks, before, before, ratio, criterion, [], ctx))
             return PassResult(changed=False, stats={"groups_pruned": 0, "blocked": sum(1 for g in analysis.groups if g.blocked)})
 
-        reference_before = export_model(graph) if cfg.reconstruct and calibration is not None else None
+        reference_before = self.reference_before(graph, calibration)
         kept = remove_channels(graph, analysis, masks)
 
         fits = []
@@ -139,9 +137,8 @@ class ChannelPrune(Pass):
         elif cfg.reconstruct:
             ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
 
-        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
-        after, _ = concrete_costs(graph, ctx.input_shapes)
-        ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
+        after = self.costs_after(graph, ctx)
+        self.publish(ctx, self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx))
         ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}}
         return PassResult(
             changed=True,
@@ -198,8 +195,6 @@ class ChannelPrune(Pass):
         return scores
 
     def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx) -> list[dict]:
-        teacher = ctx.teacher
-        teacher_tensors = {o for n in teacher.graph.node for o in n.output} if teacher is not None else set()
         order = {id(n): i for i, n in enumerate(graph.nodes)}
         targets, seen = [], set()
         for node, in_key in analysis.refit:
@@ -212,10 +207,9 @@ class ChannelPrune(Pass):
                 continue
             out = node.outputs[0].name
             original = analysis.dims[out].length if out in analysis.dims else None
-            reference = teacher if out in teacher_tensors else reference_before
+            reference = self.reference_for(out, ctx, reference_before)
             targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before))
-        targets.sort(key=lambda t: order[id(t.node)])
-        return refit_layers(graph, targets, calibration, rows_per_sample=self.config.rows_per_sample, ridge=self.config.ridge, seed=ctx.seed)
+        return self.refit(graph, targets, calibration, ctx)
 
     def _report(self, analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx) -> dict:
         groups = []

@@ -49,7 +49,7 @@ MIN_OPSET = 13  # per-channel DequantizeLinear
 
 @dataclass
 class QuantizeInt8Config:
-    target: Literal["auto", "ort", "trt"] = option("auto", "placement rules: auto follows the compile target (trt-* -> trt, else ort)")
+    target: Literal["auto", "ort", "trt"] = option("auto", "placement rules: auto follows the target's qdq_rules capability (TensorRT backends -> trt, else ort)")
     calibrator: Literal["minmax", "percentile", "entropy", "mse"] = option("mse", "activation range calibrator")
     percentile: float = option(99.99, "percentile calibrator: keep this percent of values")
     weight_scales: Literal["minmax", "mse"] = option("mse", "per-channel weight scale: max |w| or the squared-error optimum")
