@@ -13,6 +13,7 @@ result is the same either way. Only float tensors; Div refuses constants with ze
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, other_input, remove
 from onnxopt.pipeline import register_pass
@@ -35,10 +36,16 @@ class DivByConstantToMul(Rule):
         div.inputs[1] = self.new_const(f"{div.inputs[1].name}_reciprocal", (1.0 / values.astype(np.float64)).astype(values.dtype))
 
 
-# Ops whose result can jump when their input moves by one ulp.
+# Ops whose result can jump when their input moves by one ulp, and the ops a value passes through
+# to reach one with its error intact (elementwise arithmetic and moves; a MatMul or a Softmax
+# averages such an error away).
 ROUNDING_OPS = frozenset({
     "Round", "Floor", "Ceil", "Sign", "Mod", "QuantizeLinear", "DynamicQuantizeLinear", "Equal", "Less", "Greater",
-    "LessOrEqual", "GreaterOrEqual", "ArgMax", "ArgMin", "TopK", "Cast", "CastLike", "Loop", "If", "Scan",
+    "LessOrEqual", "GreaterOrEqual", "ArgMax", "ArgMin", "TopK", "If", "Loop", "Scan",
+})
+PASS_THROUGH_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Clip", "Max", "Min", "Relu", "Identity", "Reshape", "Squeeze",
+    "Unsqueeze", "Flatten", "Transpose", "Expand", "Concat", "Slice", "Gather", "Where", "Sum", "Mean",
 })
 
 
@@ -49,17 +56,27 @@ def _exact_reciprocal(values: np.ndarray) -> bool:
     return bool(np.all(np.abs(mantissa) == 0.5) and np.all(np.isfinite(reciprocal.astype(values.dtype))))
 
 
-def _reaches_rounding(tensor, limit: int = 10000) -> bool:
-    """Whether a rounding or comparing op (or a graph boundary of a subgraph op) reads the value, directly or downstream."""
+def _rounds(node) -> bool:
+    if node.op in ("Cast", "CastLike"):
+        to = node.attrs.get("to")
+        if to is None and len(node.inputs) > 1 and node.inputs[1].dtype is not None:
+            return np.dtype(node.inputs[1].dtype).kind not in "fc"
+        return to is None or to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return node.op in ROUNDING_OPS
+
+
+def _reaches_rounding(tensor, limit: int = 1000) -> bool:
+    """Whether a rounding or comparing op reads the value through elementwise ops only."""
     seen, stack = set(), [tensor]
     while stack and len(seen) < limit:
         for node in stack.pop().outputs:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if node.op in ROUNDING_OPS:
+            if _rounds(node):
                 return True
-            stack.extend(node.outputs)
+            if node.op in PASS_THROUGH_OPS:
+                stack.extend(node.outputs)
     return len(seen) >= limit
 
 
