@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import onnx
 
-from onnxopt import __version__
+from onnxopt._version import __version__
 from onnxopt.calibration import open_calibration
 from onnxopt.errors import ConfigError, TargetNotAvailableError, VerificationError
 from onnxopt.graphs import export_model, import_graph
