@@ -297,7 +297,8 @@ def rank_of(tensor: gs.Tensor, depth: int = 0) -> int | None:
         ranks = [rank_of(t, depth + 1) for t in maker.inputs if t.name]
         if any(r is None for r in ranks):
             return None
-        return max(ranks) - 1 if op == "MatMul" and min(ranks) == 1 else max(ranks)  # a 1-D operand's dim is contracted away
+        contracted = op == "MatMul" and min(ranks) == 1  # a 1-D operand's only dim is summed away
+        return max(ranks) - 1 if contracted else max(ranks)
     if op in ("Squeeze", "Unsqueeze"):
         axes = maker.attrs.get("axes")
         if axes is None and len(maker.inputs) > 1 and isinstance(maker.inputs[1], gs.Constant):

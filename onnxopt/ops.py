@@ -58,7 +58,9 @@ QUANT_TRANSPARENT = RESHAPE_LIKE | {"Transpose", "MaxPool"}
 
 # -- outputs not fixed by the inputs -------------------------------------------------------------
 # Random ops: two runs differ, so they are never deduplicated, removed or compared numerically.
-NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"})
+NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
 # Ops whose output element type is set by an attribute or a zero point, not by their data input.
 TYPE_FROM_ATTRIBUTE = (
     NONDETERMINISTIC | QDQ | {"Cast", "Constant", "ConstantOfShape", "EyeLike", "DynamicQuantizeLinear"}

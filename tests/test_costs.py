@@ -80,5 +80,6 @@ def test_op_histogram_counts_nested_graphs_and_names_domains():
         helper.make_node("Gelu", ["a"], ["g"], domain="com.microsoft"),
     ]
     graph = helper.make_graph(nodes, "m", [tensor("x", [2]), tensor("c", [], 9)], [tensor("b", [2]), tensor("g", [2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     assert op_histogram(model) == {"Relu": 2, "If": 1, "Neg": 1, "com.microsoft.Gelu": 1}

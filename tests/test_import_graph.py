@@ -16,7 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it installs as (pyproject's [tool.setuptools] package-dir).
-PACKAGES = {"onnxopt": "onnxopt", "passes": "onnxopt.passes", "backends": "onnxopt.backends", "models": "onnxopt.models"}
+PACKAGES = {
+    "onnxopt": "onnxopt", "passes": "onnxopt.passes", "backends": "onnxopt.backends", "models": "onnxopt.models",
+}
 # The user-facing layer above passes and backends: it picks a recipe's passes and a backend.
 FRONT_ENDS = {"onnxopt.api", "onnxopt.cli", "onnxopt.gate"}
 # Cycles tolerated until the branch that removes them is merged; the lead empties this list then.

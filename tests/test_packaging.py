@@ -82,7 +82,8 @@ def test_wheel_installs_and_compiles_the_shipped_example(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the venv's own paths
     python = venv / "bin" / "python"
-    site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.check_output([python, "-c", purelib], text=True).strip())
     # Dependencies come from this interpreter's site folders (read as plain paths: their .pth
     # files, such as an editable onnxopt install, are not run); onnxopt itself from the wheel.
     ours = [p for p in sys.path if p.endswith("site-packages")] + [sysconfig.get_paths()["purelib"]]

@@ -80,8 +80,8 @@ def test_conv_weight_must_fit_the_input_channels():
 
 
 def test_iter_tensors_reaches_subgraphs_and_nonfinite_values_are_named():
-    inner = helper.make_graph([helper.make_node("Constant", [], ["t"], value=init("inner", np.array([np.inf], np.float32)))],
-                              "then", [], [tensor("t", [1])])
+    infinite = helper.make_node("Constant", [], ["t"], value=init("inner", np.array([np.inf], np.float32)))
+    inner = helper.make_graph([infinite], "then", [], [tensor("t", [1])])
     outer = helper.make_graph(
         [helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner)], "g",
         [tensor("c", [], TensorProto.BOOL)], [tensor("y", [1])],
