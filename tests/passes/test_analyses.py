@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import pytest
 from onnx import helper
-from tests.passes.prune.prune_graphs import plain_cnn
 
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import import_graph
@@ -21,6 +20,7 @@ from onnxopt.pipeline import (
     get_pass,
 )
 from tests.conftest import make_model, tensor
+from tests.passes.prune.prune_graphs import plain_cnn
 from tests.trt_models import conv_net
 
 
