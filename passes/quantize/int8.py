@@ -28,7 +28,7 @@ from onnxopt.passes.fusion.pad import MergePadConv
 from onnxopt.passes.fusion.rules import apply_rules
 from onnxopt.passes.quantize.calibrators import Range, activation_range
 from onnxopt.passes.quantize.fidelity import Fidelity, relative_error, run_all
-from onnxopt.passes.quantize.latency import category, measure_speedup
+from onnxopt.passes.quantize.latency import category, measure_speedup, needs_reduced_range
 from onnxopt.passes.quantize.placement import (
     WEIGHTED_OPS,
     QuantPlan,
@@ -67,6 +67,7 @@ class QuantizeInt8Config:
     latency_aware: bool = option(True, "ORT: measure in the model whether each op category and each region is faster in int8 than float here; keep slower ones float, and the whole model float if int8 cannot beat it")
     latency_iters: int = option(30, "paired runs per latency measurement")
     latency_regions: int = option(4, "contiguous regions the never-slower-than-float check decides on when the int8 model is not faster")
+    reduce_range: Literal["auto", "on", "off"] = option("auto", "ORT: 7-bit weights (-63..63) so the u8 x s8 products of ORT's AVX2 int8 GEMM kernels cannot saturate their int16 sums (depthwise convs keep 8 bits: their kernel sums in int32); auto: on for x86 CPUs without VNNI")
     bins: int = option(4096, "histogram bins per activation tensor")
     gptq_max_columns: int = option(4608, "layers with more inputs per output channel are rounded to nearest")
     gptq_rows: int = option(2048, "input rows sampled per calibration sample for GPTQ statistics")
@@ -144,7 +145,9 @@ class QuantizeInt8(Pass):
             raise CalibrationError("the calibration data yielded no samples")
         params = self._activation_params(plan, stats.histograms, rules)
         clock.lap("calibration")
-        weights, rounding = self._weights(fg, specs, stats)
+        reduce = rules.name == "ort" and (cfg.reduce_range == "on" or (cfg.reduce_range == "auto" and needs_reduced_range()))
+        qmax = {name: 63 if reduce and category(nodes[name]) != "Conv-depthwise" else 127 for name in specs}
+        weights, rounding = self._weights(fg, specs, stats, qmax)
         clock.lap("weights")
         fidelity = Fidelity(stats.reference, ctx.options.get("metric") or cfg.metric)
         state = _State(float_model, fg, rules, plan, params, weights, why_float, attention=cfg.attention)
@@ -179,6 +182,7 @@ class QuantizeInt8(Pass):
             "calibrator": cfg.calibrator,
             "rounding": cfg.rounding,
             "rounding_chosen": _count(rounding.values()),
+            "weight_range": "7-bit (-63..63) except depthwise convs" if reduce else "8-bit (-127..127)",
             "bias_correction": cfg.bias_correction,
             "matmul_mode": choice,
             "calibration_samples": seen,
@@ -244,12 +248,12 @@ class QuantizeInt8(Pass):
                 params[m] = shared
         return params
 
-    def _weights(self, graph, specs, stats) -> tuple[dict[str, QuantWeight], dict[str, str]]:
+    def _weights(self, graph, specs, stats, qmax: dict[str, int]) -> tuple[dict[str, QuantWeight], dict[str, str]]:
         cfg = self.config
         if cfg.rounding == "gptq":
-            return gptq_weights(graph, specs, stats, scale_method=cfg.weight_scales, max_columns=cfg.gptq_max_columns)
+            return gptq_weights(graph, specs, stats, scale_method=cfg.weight_scales, max_columns=cfg.gptq_max_columns, qmax=qmax)
         nodes = {n.name: n for n in graph.nodes}
-        return {name: round_to_nearest(nodes[name], spec, cfg.weight_scales) for name, spec in specs.items()}, {name: "nearest" for name in specs}
+        return {name: round_to_nearest(nodes[name], spec, cfg.weight_scales, qmax[name]) for name, spec in specs.items()}, {name: "nearest" for name in specs}
 
     def _choose_matmul_mode(self, state: _State, fidelity: Fidelity, data, ctx) -> str:
         """ORT MatMuls and Gemms with constant weights: static Q/DQ or dynamic, whichever keeps fidelity."""

@@ -208,7 +208,8 @@ def _bias_fits_int32(qw: QuantWeight, bias: np.ndarray, x_scale: np.float32) -> 
     new_scales = np.where(low, needed, qw.scales).astype(np.float32)
     view = [-1 if i == qw.axis else 1 for i in range(qw.values.ndim)]
     old = qw.values.astype(np.float64) * qw.scales.reshape(view)
-    values = np.clip(np.round(old / new_scales.reshape(view)), -127, 127).astype(np.int8)
+    qmax = max(int(np.abs(qw.values).max()), 63) if qw.values.size else 127  # keep a reduced (7-bit) range reduced
+    values = np.clip(np.round(old / new_scales.reshape(view)), -qmax, qmax).astype(np.int8)
     return QuantWeight(values, new_scales, qw.axis, qw.bias)
 
 

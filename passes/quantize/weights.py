@@ -25,10 +25,10 @@ from onnxopt.passes.reconstruct import layer_input_rows, with_outputs
 from onnxopt.runtime import make_session
 
 
-def round_to_nearest(node: gs.Node, spec: WeightSpec, method: str) -> QuantWeight:
+def round_to_nearest(node: gs.Node, spec: WeightSpec, method: str, qmax: int = 127) -> QuantWeight:
     weight = const_value(node.inputs[spec.input_index]).astype(np.float32)
-    scales = weight_scales(weight, spec.axis, method)
-    return QuantWeight(quantize_weight(weight, scales, spec.axis), scales, spec.axis)
+    scales = weight_scales(weight, spec.axis, method, qmax)
+    return QuantWeight(quantize_weight(weight, scales, spec.axis, qmax), scales, spec.axis)
 
 
 def gptq_ready(node: gs.Node, spec: WeightSpec, max_columns: int) -> bool:
@@ -52,19 +52,20 @@ def gptq_weights(
     scale_method: str = "mse",
     max_columns: int = 4608,
     damps: tuple[float, ...] = (0.01, 0.1),
+    qmax: dict[str, int] | None = None,
 ) -> tuple[dict[str, QuantWeight], dict[str, str]]:
     """GPTQ-rounded int8 weights for the nodes in `specs` (from the Gram matrices in `stats`), and
-    per node which rounding won."""
+    per node which rounding won; `qmax` bounds a node's integers (127 unless given)."""
     nodes = {n.name: n for n in graph.nodes}
     result: dict[str, QuantWeight] = {}
     choices: dict[str, str] = {}
     for name, spec in specs.items():
         layer = stats.layers.get(name)
         if layer is None or layer.fit is None or not gptq_ready(nodes[name], spec, max_columns):
-            result[name] = round_to_nearest(nodes[name], spec, scale_method)
+            result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127))
             choices[name] = "nearest (GPTQ does not apply)"
             continue
-        result[name], choices[name] = _validated_gptq(nodes[name], spec, layer.fit, layer.held_out, scale_method, damps)
+        result[name], choices[name] = _validated_gptq(nodes[name], spec, layer.fit, layer.held_out, scale_method, damps, (qmax or {}).get(name, 127))
     return result, choices
 
 
@@ -74,7 +75,7 @@ def _output_error(matrix: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -
     return float(np.sum(np.matmul(d, hessian) * d))
 
 
-def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps) -> tuple[QuantWeight, str]:
+def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps, qmax=127) -> tuple[QuantWeight, str]:
     """GPTQ with the damping that generalizes, or round to nearest when GPTQ does not.
 
     GPTQ fitted on half the calibration samples is scored on the other half: where the inputs
@@ -82,16 +83,16 @@ def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps) -> tuple[Quan
     directions it never saw, and plain rounding wins. The winner is refitted on all samples.
     """
     weight = const_value(node.inputs[spec.input_index]).astype(np.float32)
-    scales = weight_scales(weight, spec.axis, scale_method)
+    scales = weight_scales(weight, spec.axis, scale_method, qmax)
     groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
     matrix = matrix_view(weight, node.op, groups, spec.transpose).astype(np.float64)
     s = scales.reshape(groups, -1, 1).astype(np.float64)
-    nearest = np.clip(np.round(matrix / s), -127, 127)
+    nearest = np.clip(np.round(matrix / s), -qmax, qmax)
     choice, best = "nearest", None
     if h_val is not None:
         best = _output_error(matrix, nearest * s, h_val)
         for damp in damps:
-            err = _output_error(matrix, gptq(matrix, s[..., 0], h_fit, damp=damp) * s, h_val)
+            err = _output_error(matrix, gptq(matrix, s[..., 0], h_fit, damp=damp, qmax=qmax) * s, h_val)
             if err < best:
                 choice, best = f"gptq damp {damp:g}", err
     if choice == "nearest" and h_val is not None:
@@ -99,7 +100,7 @@ def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps) -> tuple[Quan
     else:
         damp = float(choice.rsplit(" ", 1)[1]) if choice != "nearest" else damps[0]
         choice = f"gptq damp {damp:g}"
-        q = gptq(matrix, s[..., 0], h_fit + (h_val if h_val is not None else 0), damp=damp)
+        q = gptq(matrix, s[..., 0], h_fit + (h_val if h_val is not None else 0), damp=damp, qmax=qmax)
     values = from_matrix_view(q, weight.shape, node.op, spec.transpose).astype(np.int8)
     return QuantWeight(values, scales, spec.axis), choice
 
