@@ -1,6 +1,6 @@
 """onnxopt ort-int8 against ONNX Runtime's own quantizers (and the float model), in one run.
 
-    python benchmarks/bench_quantize.py [--only efficientnet_lite0 minilm ppocr_cls mobilenet_v3_shaped fashion_cnn resnet50_shaped] [--iters 100]
+    python benchmarks/bench_quantize.py [--only efficientnet_lite0 minilm ppocr_cls mobilenet_v3_shaped fashion_cnn resnet50_shaped] [--iters 100] [--full]
 
 Every quantizer gets the same calibration samples (the zoo's calib/ folders, the example's
 calib/) and is judged on held-out real inputs it never saw (eval/ folders, Fashion-MNIST test
@@ -239,7 +239,7 @@ def cases(only):
     return [c for c in all_cases if not only or c["name"] in only]
 
 
-def bench_case(case, iters, workdir):
+def bench_case(case, iters, workdir, full=False):
     name = case["name"]
     float_model = onnx.load(str(case["path"]))
     if case["kind"] == "labels":
@@ -254,12 +254,12 @@ def bench_case(case, iters, workdir):
         ("ORT quantize_static MinMax", "_ort_static", ("minmax",)),
         ("ORT quantize_static Entropy", "_ort_static", ("entropy",)),
     ]
-    if case["fidelity"] and case["kind"] != "labels":
+    if full and case["fidelity"] and case["kind"] != "labels":
         looser = ("ort-int8", tuple(case.get("overrides", ())) + ("quantize-int8.max_drop=1.0",), case.get("shapes"))
         variants.insert(1, ("onnxopt ort-int8, budget 1.0", "_onnxopt", looser))
     if case.get("dynamic_baseline"):
         variants.append(("ORT quantize_dynamic", "_ort_dynamic", ("",)))
-    if case["kind"] in ("logits", "labels"):
+    if full and case["kind"] in ("logits", "labels"):
         variants.append(("onnxopt trt-int8 (run in ORT)", "_onnxopt", ("trt-int8", case.get("overrides", ()), case.get("shapes"))))
     rows = []
     float_row = {"variant": "float (original)"}
@@ -335,7 +335,7 @@ def fmt(value, spec):
 
 def markdown(results, args) -> str:
     lines = ["# Int8 quantization: onnxopt ort-int8 vs ONNX Runtime's quantizers", ""]
-    lines.append(f"Run: `python benchmarks/bench_quantize.py{' --only ' + ' '.join(args.only) if args.only else ''} --iters {args.iters}` on "
+    lines.append(f"Run: `python benchmarks/bench_quantize.py{' --only ' + ' '.join(args.only) if args.only else ''} --iters {args.iters}{' --full' if args.full else ''}` on "
                  f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, onnxruntime "
                  f"{__import__('onnxruntime').__version__}, {time.strftime('%Y-%m-%d')}.")
     lines.append("Fidelity is measured on held-out real inputs the calibration never saw; speedup is float time / int8 time "
@@ -381,10 +381,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--full", action="store_true", help="also onnxopt with --max-drop 1.0 and trt-int8 (run in ORT)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-quantize-"))
-    results = [bench_case(case, args.iters, workdir) for case in cases(args.only)]
+    results = [bench_case(case, args.iters, workdir, args.full) for case in cases(args.only)]
     suffix = "" if not args.only else "." + "-".join(args.only)
     (RESULTS / f"quantize{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
     (RESULTS / f"quantize{suffix}.md").write_text(markdown(results, args))
