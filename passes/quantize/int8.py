@@ -7,8 +7,13 @@ accuracy: ranges come from real calibration samples (streamed histograms, four c
 weights are rounded by GPTQ against the layer's real inputs and biases corrected for the mean
 error left, fragile ops stay float, and if the fidelity drop on the calibration data exceeds the
 budget (--max-drop) the most sensitive layers fall back to float until it does not. On ORT,
-op categories that measure slower in int8 than in float on this CPU stay float too. It is lossy
-(exact = False): the report carries the measured fidelity and the list of float layers with why.
+op categories that measure slower in int8 than in float in this model on this CPU stay float,
+and the finished model is compared with the float one (paired, in context): when it is not
+faster, regions of the graph that run faster in float go float, and if int8 still cannot beat
+float the model stays float with a warning (report: latency_vs_float). On x86 CPUs without VNNI,
+ORT weights are 7-bit (depthwise convs excepted) because ORT's u8s8 GEMM kernels saturate.
+All calibration statistics come from one streamed pass (stats.py). It is lossy (exact = False):
+the report carries the measured fidelity and the list of float layers with why.
 """
 
 from __future__ import annotations
