@@ -26,6 +26,7 @@ EXPECTED = {
     "resnet18_shaped": {"logits": (1, 10)},
     "resnet50_shaped": {"logits": (1, 10)},
     "mobilenet_v2_shaped": {"logits": (1, 10)},
+    "mobilenet_v3_shaped": {"logits": (1, 10)},
 }
 
 
