@@ -9,12 +9,12 @@ median of them, spinning off so the two sessions do not steal each other's cores
 
 from __future__ import annotations
 
+import functools
+import platform
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-
-import functools
-import platform
 
 from onnxopt import profiling
 from onnxopt.runtime import make_session

@@ -12,8 +12,8 @@ a large model costs more passes over the data, never more memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
