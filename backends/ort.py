@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-from onnxopt.backends.base import Artifact, LowerRequest, batch_of
 
 from onnxopt import profiling
+from onnxopt.backends.base import Artifact, LowerRequest, batch_of
 from onnxopt.runtime import best_providers, make_session
 
 

@@ -34,9 +34,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-from onnxopt.backends.base import Artifact, LowerRequest, Range, batch_of
 
 from onnxopt import profiling
+from onnxopt.backends.base import Artifact, LowerRequest, Range, batch_of
 from onnxopt.errors import BackendError, ConfigError
 from onnxopt.ir import needs_external_data, save_model, write_bytes_atomic
 

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from onnxopt import __version__
+from onnxopt._version import __version__
 from onnxopt.errors import OnnxoptError
 
 EXIT_ERROR = 2

@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graphs import iter_graphs
-
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+from onnxopt.graphs import export_model, iter_graphs
+from onnxopt.inputs import input_specs
+from onnxopt.ops import MAC
+from onnxopt.pipeline import PassContext, get_pass  # shape inference is a pass, found through the registry
 
 
 def _shape(tensor: gs.Tensor) -> list[int] | None:
@@ -29,6 +30,8 @@ def _shape(tensor: gs.Tensor) -> list[int] | None:
 def node_macs(node: gs.Node) -> int | None:
     """MACs of one node, or None when shapes are unknown."""
     op = node.op
+    if op not in MAC:
+        return 0
     out = _shape(node.outputs[0]) if node.outputs else None
     if op in ("Conv", "ConvInteger", "QLinearConv"):
         w_index = 3 if op == "QLinearConv" else 1
@@ -109,11 +112,7 @@ def concrete_costs(
     graph itself is not modified; structural passes budget against these numbers (they read them
     as the "costs" analysis). `infer(copy, input_shapes)` annotates shapes on the copy; the
     default is the shape-inference pass, found through the pipeline's registry."""
-    from onnxopt.graphs import export_model
-    from onnxopt.inputs import input_specs
-
     if infer is None:
-        from onnxopt.pipeline import PassContext, get_pass
 
         def infer(copy, shapes):
             return get_pass("shape-inference")().run(copy, PassContext(input_shapes=dict(shapes or {})))

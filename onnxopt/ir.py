@@ -21,29 +21,20 @@ from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
 from onnxopt.upgrade import OPSET_FLOOR, OpsetUpgrade, below_floor, upgrade_opset
-from onnxopt.validation import check_weight_payloads, left_out_tensors, tensor_nbytes, validate_shapes, validate_structure, weightless_copy
+from onnxopt.validation import (
+    check_weight_payloads,
+    iter_tensors,
+    left_out_tensors,
+    tensor_nbytes,
+    validate_shapes,
+    validate_structure,
+    weightless_copy,
+)
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 MIN_OPSET = OPSET_FLOOR
-
-
-def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto in a graph, its nested subgraphs and node attributes included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from iter_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from iter_tensors(sub)
 
 
 def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import onnx
 
-from onnxopt import __version__
+from onnxopt._version import __version__
 from onnxopt.backends import backend_for
 from onnxopt.backends.base import Artifact, LowerRequest
 from onnxopt.calibration import open_calibration

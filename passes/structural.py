@@ -16,9 +16,9 @@ from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
-from onnxopt.passes.reconstruct import LayerTarget, refit_layers
 
 from onnxopt.graphs import export_model
+from onnxopt.passes.reconstruct import LayerTarget, refit_layers
 from onnxopt.pipeline import Pass, PassContext
 
 

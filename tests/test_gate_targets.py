@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from onnxopt.backends.tensorrt import availability
 
+from onnxopt.backends.tensorrt import availability
 from onnxopt.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "models" / "example"

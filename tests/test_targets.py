@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnxopt.models.builders import transformer_block
 
 import onnxopt
 from onnxopt.cli import main
 from onnxopt.errors import ConfigError
+from onnxopt.models.builders import transformer_block
 from onnxopt.pipeline import PassContext
 from onnxopt.targets import Capabilities, Target, list_targets, target_of
 from tests.conftest import zoo_model

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.graphs import rank_of
 from onnxopt.passes.fusion.channels import conv_weight, fold_affine, out_channels
-from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, present, rank_of
+from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, present
 from onnxopt.pipeline import register_pass
 
 

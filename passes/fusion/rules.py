@@ -24,6 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graphs import FreshNames, has_subgraph, iter_graphs, merge_tensors, node_count
+from onnxopt.passes.fusion.opset import raise_opset
 from onnxopt.pipeline import Pass, PassContext, PassResult, option
 
 FLOAT_KINDS = "f"
@@ -203,44 +204,6 @@ def present(tensor: gs.Tensor | None) -> bool:
     return tensor is not None and bool(tensor.name)
 
 
-SAME_RANK_OPS = {
-    "Relu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Erf", "Neg", "Abs", "Exp", "Log",
-    "Sqrt", "Reciprocal", "Cast", "Identity", "Softmax", "LogSoftmax", "Slice", "Pad", "Conv", "ConvTranspose",
-    "BatchNormalization", "LayerNormalization", "Gelu", "Resize", "MaxPool", "AveragePool", "GlobalAveragePool",
-}
-BROADCAST_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "MatMul"}
-
-
-def rank_of(tensor: gs.Tensor, depth: int = 0) -> int | None:
-    """The rank when known: from shape inference, else derived through the producer (a Reshape to a
-    constant shape, rank-preserving ops, broadcasting ops, Transpose, Squeeze/Unsqueeze)."""
-    shape = tensor.shape
-    if shape is not None:
-        return len(shape)
-    maker = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-    if maker is None or depth > 32 or not maker.inputs or maker.outputs[0] is not tensor:
-        return None
-    op = maker.op
-    if op == "Reshape" and isinstance(maker.inputs[1], gs.Constant):
-        return int(np.asarray(maker.inputs[1].values).size)
-    if op == "Transpose" and "perm" in maker.attrs:
-        return len(maker.attrs["perm"])
-    if op in SAME_RANK_OPS:
-        return rank_of(maker.inputs[0], depth + 1)
-    if op in BROADCAST_OPS:
-        ranks = [rank_of(t, depth + 1) for t in maker.inputs if t.name]
-        return None if any(r is None for r in ranks) else max(ranks)
-    if op in ("Squeeze", "Unsqueeze"):
-        axes = maker.attrs.get("axes")
-        if axes is None and len(maker.inputs) > 1 and isinstance(maker.inputs[1], gs.Constant):
-            axes = np.asarray(maker.inputs[1].values).reshape(-1)
-        rank = rank_of(maker.inputs[0], depth + 1)
-        if axes is None or rank is None:
-            return None
-        return rank + len(axes) if op == "Unsqueeze" else rank - len(axes)
-    return None
-
-
 def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     shape = tensor.shape
     if shape is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
@@ -346,8 +309,6 @@ def apply_rules(
 
 def raise_opset_for(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext) -> list[int]:
     """Raise the model's opset for rules that need a newer one, only where one of them would fire."""
-    from onnxopt.passes.fusion.opset import raise_opset  # opset.py needs rank_of from here
-
     raised = []
     opset = int(graph.opset)
     wanted: dict[int, list[type[Rule]]] = defaultdict(list)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
 from onnxopt.passes.fusion.gelu import may_use_contrib_ops
 from onnxopt.passes.fusion.rules import NEVER, Rule, RulePass, is_float, present, remove
-
 from onnxopt.pipeline import register_pass
 
 

@@ -27,10 +27,11 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import const_value, is_const
+from onnxopt.ops import LINEAR, QUANT_TRANSPARENT
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+WEIGHTED_OPS = tuple(sorted(LINEAR))
 ACTIVATIONS = ("Relu", "Clip")
-ORT_PASSTHROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+ORT_PASSTHROUGH = tuple(sorted(QUANT_TRANSPARENT))
 ORT_EXTRA = ("Add", "GlobalAveragePool", "AveragePool", "Concat")
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
+
+import onnxopt
 from onnxopt.backends import BACKENDS, backend_availability, backend_class, backend_for
 from onnxopt.backends import tensorrt as trt_backend
 from onnxopt.backends.base import Artifact, LowerRequest
 from onnxopt.backends.ort import OrtBackend
 from onnxopt.backends.tensorrt import TensorRTBackend
-
-import onnxopt
 from onnxopt.errors import ConfigError
 from onnxopt.inputs import input_specs, random_feeds
 from onnxopt.targets import Target, target_of

@@ -7,10 +7,10 @@ from typing import ClassVar
 
 import pytest
 from onnx import helper
-from onnxopt.passes.structural import StructuralPass
 
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import import_graph
+from onnxopt.passes.structural import StructuralPass
 from onnxopt.pipeline import (
     Instrument,
     Pass,
@@ -20,7 +20,7 @@ from onnxopt.pipeline import (
     get_pass,
 )
 from tests.conftest import make_model, tensor
-from tests.passes.prune_graphs import plain_cnn
+from tests.passes.prune.prune_graphs import plain_cnn
 from tests.trt_models import conv_net
 
 

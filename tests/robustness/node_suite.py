@@ -279,7 +279,6 @@ def judge(make_model, reference: list[Any], feeds: dict[str, Any]) -> Outcome:
 @lru_cache(maxsize=1)
 def exact_passes() -> tuple[str, ...]:
     import onnxopt.passes  # noqa: F401  (fills the registry)
-
     from onnxopt.pipeline import registered_passes
 
     return tuple(name for name, cls in registered_passes().items() if cls.exact)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from onnxopt.passes.fusion.rules import Accepted, Refused, Rule, apply_rules
-
 from onnxopt.graphs import import_graph
+from onnxopt.passes.fusion.rules import Accepted, Refused, Rule, apply_rules
 from onnxopt.pipeline import PassContext
 from tests.passes.fusion.fusion_helpers import (
     floats,
