@@ -36,7 +36,7 @@ def test_gate_loads_the_model_once(tmp_path, monkeypatch):
     onnx.save(conv_net(batch=1), str(path))
     reads = []
     real = stages.load_model
-    monkeypatch.setattr(stages, "load_model", lambda model: reads.append(model) or real(model))
+    monkeypatch.setattr(stages, "load_model", lambda model, **kw: reads.append(model) or real(model, **kw))
     result = run_gate(str(path), "ort-fp32", Thresholds(max_size_mb=1.0))
     assert result.passed and reads == [str(path)]
     assert result.report.gate["passed"] and result.report.output is None
