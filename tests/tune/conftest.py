@@ -26,11 +26,11 @@ def problem(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def small_tune(problem, tmp_path_factory):
-    """One real search of four trials, shared by the result, JSON and HTML tests."""
+    """One real search of three trials, shared by the result, JSON and HTML tests."""
     import onnxopt
 
     out = tmp_path_factory.mktemp("tune-run") / "best.onnx"
     result = onnxopt.tune(problem["model"], calibration=problem["calib"], data=problem["data"], labels=problem["labels"],
-                          max_drop=2.0, targets=("ort-int8", "ort-fp32"), trials=4, profile_iters=8, subset=0,
+                          max_drop=2.0, targets=("ort-int8", "ort-fp32"), trials=3, profile_iters=8, subset=0,
                           output=out, show_progress=False)
     return result, out

@@ -36,7 +36,7 @@ def test_json_holds_every_trial_with_what_it_measured(small_tune):
     result, _ = small_tune
     data = json.loads(result.to_json())
     assert data["executor"] == "local" and data["pareto"] == result.pareto
-    assert len(data["trials"]) == 4
+    assert len(data["trials"]) == 3
     complete = [t for t in data["trials"] if t["state"] == "complete"]
     assert complete
     for trial in complete:
