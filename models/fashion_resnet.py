@@ -5,10 +5,13 @@ to per-op overhead). This one has a stem, two stages of two residual blocks (48 
 96 at 7x7) and a linear head: about 30M MACs, enough that fewer channels and int8 kernels show up
 in the latency. It is exported with BatchNormalization unfused, like a typical PyTorch export.
 
-    python -m onnxopt.models.fashion_resnet [--out DIR] [--epochs 2]   # a few minutes on 2 cores
+    python -m onnxopt.models.fashion_resnet [--out DIR] [--epochs 2]   # 30 min on the shared 2-core machine
 
-Splits, all disjoint: the network trains on 16,000 train images (two epochs: a few minutes on a
-shared 2-core machine); `calib.npz` (128) and
+Measured at build (seed 0): 380,698 parameters, 86.2% top-1 on the 10,000 test images (torch),
+86.65% on the 2,000-image test split (onnxruntime). Short training on a shared machine; enough for
+the question the benchmark asks (what each recipe costs in accuracy), not a state-of-the-art CNN.
+
+Splits, all disjoint: the network trains on 16,000 train images (two epochs); `calib.npz` (128) and
 `tune.npz` (1,000, labels `tune_labels.npy`) come from the 5,000 train images held out of
 training; `test.npz` (2,000, labels `test_labels.npy`) from the official test set, which the tune
 never sees. The default folder is ~/.cache/onnxopt/fashion_resnet (or $ONNXOPT_FASHION_RESNET).
