@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from onnxopt.models.fashion_cnn import (
     SEED,
     accuracy_onnx,

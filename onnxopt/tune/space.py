@@ -109,9 +109,12 @@ def _depthwise_flops(recipe: Recipe, value: float) -> None:
         recipe.depthwise["flops_target"] = round(float(value), 4)
 
 
+def always(params: dict[str, Any]) -> bool:
+    return True
+
+
 def knobs(targets: tuple[str, ...]) -> list[Knob]:
     """The table: order matters only for conditions (a knob may look at the ones above it)."""
-    always = lambda params: True
     return [
         Knob("target", CategoricalDistribution(list(targets)), always, _set_target, "precision: float or int8"),
         Knob("int8_max_drop", CategoricalDistribution([0.02, 0.05, 0.1, 0.3, 1.0, -1.0]), _is_int8,
