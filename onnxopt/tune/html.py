@@ -4,12 +4,9 @@ command lines that reproduce them, and every trial."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from onnxopt.report_html import CSS, esc
-
-if TYPE_CHECKING:
-    from onnxopt.tune.result import TuneResult
 
 WIDTH, HEIGHT, PAD = 720, 400, 56
 FEASIBLE, INFEASIBLE, FRONT, CHOSEN = "#2563eb", "#94a3b8", "#f97316", "#dc2626"
@@ -24,7 +21,8 @@ def _scale(low: float, high: float, start: float, end: float):
     return lambda v: start + (v - low) / span * (end - start)
 
 
-def scatter(result: TuneResult) -> str:
+def scatter(result) -> str:
+    """`result` is a TuneResult (not imported: result.py imports this module)."""
     objective = result.objective
     points = [t for t in result.trials if t["state"] == "complete" and t.get("speedup") is not None and _x_value(t, objective) is not None]
     if not points:
@@ -90,7 +88,7 @@ def _rows(trials: list[dict[str, Any]], objective: str) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def render(result: TuneResult) -> str:
+def render(result) -> str:
     budget = ", ".join(f"{k} {v:g}" for k, v in result.budget.items() if v is not None)
     verdict = (f"chosen: trial #{result.best['number']}, {result.best['speedup']:.2f}x" if result.best else "no trial met the budget")
     front = result.front()
