@@ -8,5 +8,6 @@
 from onnxopt._version import __version__
 from onnxopt.api import CompileResult, compile  # noqa: A004
 from onnxopt.errors import OnnxoptError
+from onnxopt.tune import TuneResult, tune
 
-__all__ = ["compile", "CompileResult", "OnnxoptError", "__version__"]
+__all__ = ["CompileResult", "OnnxoptError", "TuneResult", "__version__", "compile", "tune"]

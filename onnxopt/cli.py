@@ -336,6 +336,45 @@ def gate_cmd(model, target, recipe, optimized, calib, data, labels, eval_limit, 
     sys.exit(0 if result.passed else 1)
 
 
+@main.command("tune")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--calib", required=True, metavar="PATH", help="Calibration data (real samples) for the int8 and structural passes.")
+@click.option("--data", "data", required=True, metavar="PATH", help="Tuning data (real samples, disjoint from --calib) the accuracy is judged on.")
+@click.option("--labels", metavar="FILE", help="A .npy of int class ids, one per --data sample: --max-drop then means labeled top-1 points.")
+@click.option("--max-drop", type=float, default=None, metavar="PTS", help="Accuracy budget: largest allowed drop in percentage points.")
+@click.option("--min-fidelity", type=float, default=None, metavar="X", help="Accuracy budget: smallest allowed cosine similarity to the original.")
+@click.option("--max-size-mb", type=float, default=None, metavar="X", help="Also require the model to be at most this large.")
+@click.option("--targets", default="ort-int8,ort-fp32", show_default=True, help="Comma-separated targets to search.")
+@click.option("--trials", default=40, show_default=True, help="Most trials in the study (earlier runs of a stored study count).")
+@click.option("--time-budget", type=float, default=None, metavar="SECONDS", help="Start no trial after this many seconds.")
+@click.option("--workers", default=1, show_default=True, help="Trials at once (local processes, or Ray tasks with --ray).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS", help="Run trials as tasks on this existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto).")
+@click.option("--storage", default=None, metavar="PATH|URL", help="Optuna storage: a journal file or an RDB URL; rerun to resume.")
+@click.option("--study-name", default="onnxopt-tune", show_default=True, help="Study name inside --storage.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--iters", default=50, show_default=True, help="Paired timing runs per trial.")
+@click.option("--subset", default=200, show_default=True, help="Samples of the early accuracy check that rejects hopeless trials.")
+@click.option("--threads", default=0, help="Intra-op threads for timing (0 = runtime default).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the chosen model here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the HTML report (scatter of the trials, the front's recipes).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every trial, the Pareto front and the choice as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
+def tune_cmd(model, calib, data, labels, max_drop, min_fidelity, max_size_mb, targets, trials, time_budget, workers, ray_address, storage, study_name, seed, iters, subset, threads, output, report_path, json_path, quiet):
+    """Find the fastest model that loses at most the budget on --data: exit 0 found, 1 none met it, 2 error."""
+    from onnxopt import progress
+    from onnxopt.tune.cli import run_tune_command
+
+    progress.set_quiet(quiet)
+    code = run_tune_command(
+        model, calibration=calib, data=data, labels=labels, max_drop=max_drop, min_fidelity=min_fidelity,
+        max_size_mb=max_size_mb, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), trials=trials,
+        time_budget=time_budget, workers=workers, ray=ray_address, storage=storage, study_name=study_name, seed=seed,
+        profile_iters=iters, subset=subset, threads=threads, output=output, report=report_path, json_path=json_path,
+        log=_log(quiet), echo=click.echo,
+    )
+    sys.exit(code)
+
+
 @main.command("passes")
 @click.option("--json", "as_json", is_flag=True)
 def passes_cmd(as_json):

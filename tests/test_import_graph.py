@@ -82,7 +82,7 @@ def _layer(module: str) -> str:
         return "backends"
     if module.startswith("onnxopt.models"):
         return "models"
-    if module == "onnxopt" or module in FRONT_ENDS:
+    if module == "onnxopt" or module in FRONT_ENDS or module.startswith("onnxopt.tune"):  # tune runs many compiles
         return "front end"
     return "core"
 

@@ -1,0 +1,193 @@
+"""`onnxopt.tune`: the fastest model within an accuracy budget, searched with Optuna, run locally or on Ray.
+
+    result = onnxopt.tune("model.onnx", calibration="calib/", data="tune.npz", labels="labels.npy",
+                          max_drop=1.0, time_budget=900)
+    result.model, result.report, result.pareto, result.trials
+
+Each trial compiles one recipe of the search space (space.py) through `onnxopt.compile`, judges its
+accuracy on the tuning data and measures its speedup with paired runs where it ran (trial.py). The
+study (study.py) keeps the trials in Optuna storage; the executor (executors.py) runs them. The
+fastest feasible trial is compiled once more at the end, its accuracy checked again, and written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxopt.errors import CalibrationError, ConfigError
+from onnxopt.tune.result import TuneResult
+from onnxopt.tune.trial import Budget, accuracy_of, run_trial
+
+__all__ = ["Budget", "TuneResult", "tune"]
+
+
+def tune(
+    model: str | os.PathLike,
+    *,
+    calibration: str | os.PathLike,
+    data: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    max_drop: float | None = None,
+    min_fidelity: float | None = None,
+    max_size_mb: float | None = None,
+    targets: tuple[str, ...] | list[str] = ("ort-int8", "ort-fp32"),
+    trials: int = 40,
+    time_budget: float | None = None,
+    workers: int = 1,
+    ray: str | None = None,
+    storage: str | None = None,
+    study_name: str = "onnxopt-tune",
+    seed: int = 0,
+    profile_iters: int = 50,
+    subset: int = 200,
+    threads: int = 0,
+    output: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    trial_function: Callable = run_trial,
+) -> TuneResult:
+    """Search recipes for the fastest model that meets the budget; see the module docstring.
+
+    Exactly one of `max_drop` (labeled top-1 points with `labels`, else top-1 disagreement) and
+    `min_fidelity` (cosine to the original) is the accuracy objective; `max_size_mb` adds a
+    constraint. `ray` is the address of an existing Ray cluster (checked before any work);
+    `storage` a journal file or an RDB URL that makes the study resumable. `trials` counts every
+    trial of the stored study, earlier runs included. `trial_function` replaces the worker's
+    trial (tests use it to simulate a dying worker).
+    """
+    from onnxopt.ir import load_model, save_model
+    from onnxopt.tune import executors
+    from onnxopt.tune.result import trial_record
+    from onnxopt.tune.space import check_targets, knobs, recipe_for
+    from onnxopt.tune.study import (
+        SearchSettings,
+        best_feasible,
+        open_study,
+        progress_bar,
+        search,
+    )
+
+    say = log or (lambda message: None)
+    started = time.perf_counter()
+    if (max_drop is None) == (min_fidelity is None):
+        raise ConfigError("tune needs exactly one accuracy budget: --max-drop PTS or --min-fidelity X")
+    if trials < 1 or workers < 1:
+        raise ConfigError("--trials and --workers must be at least 1")
+    if time_budget is not None and time_budget <= 0:
+        raise ConfigError("--time-budget must be positive (seconds)")
+    if output is not None and Path(output).suffix.lower() != ".onnx":
+        raise ConfigError(f"output {output} must end in .onnx")
+    if output is not None and Path(output).resolve() == Path(model).resolve():
+        raise ConfigError(f"output {output} is the input model; choose another -o")
+    targets = check_targets(tuple(targets))
+    if ray is not None:
+        executors._probe(ray)  # a dead address fails here, before any work
+    budget = Budget(max_drop=max_drop, min_fidelity=min_fidelity, max_size_mb=max_size_mb)
+
+    original = load_model(model)
+    with tempfile.TemporaryDirectory(prefix="onnxopt-tune-") as work:
+        say("loading the model, calibration and tuning data once for every trial")
+        files = _prepare(original, Path(work), calibration, data, labels, ray is not None)
+        settings = SearchSettings(
+            targets=targets, budget=budget, files=files, trials=trials, time_budget=time_budget, seed=seed,
+            profile_iters=profile_iters, subset=subset, threads=threads, study_name=study_name,
+            context={"model": hashlib.sha256(original.SerializeToString()).hexdigest()[:16], "targets": list(targets),
+                     "budget": {"max_drop": max_drop, "min_fidelity": min_fidelity, "max_size_mb": max_size_mb}},
+        )
+        study = open_study(settings, storage)
+        if ray is not None:
+            executor = executors.RayExecutor(ray, files, workers if workers > 1 else None, trial_function)
+        else:
+            executor = executors.LocalExecutor(workers, trial_function)
+        say(f"searching with {executor.slots} {executor.name} worker(s), up to {trials} trials" + (f" or {time_budget:g} s" if time_budget else ""))
+        with progress_bar(trials, time_budget) if show_progress else _no_bar() as on_trial:
+            search(study, settings, executor, on_trial)
+
+        command = ["onnxopt", "compile", str(model), "--calib", str(calibration)]
+        records = [trial_record(t, targets, command) for t in study.get_trials(deepcopy=False)]
+        result = TuneResult(
+            executor=executor.name, objective=settings.objective, budget=settings.context["budget"], trials=records,
+            pareto=sorted(t.number for t in study.best_trials), source=str(model),
+        )
+        by_number = {r["number"]: r for r in records}
+        choice = best_feasible(study)
+        if choice is None:
+            result.closest = _closest(records)
+        else:
+            say(f"re-checking trial #{choice.number} and writing it")
+            result.best = by_number[choice.number]
+            result.model, result.report = _recheck(original, recipe_for(choice.params, knobs(targets)), files, settings, result)
+            if result.model is not None and output is not None:
+                save_model(result.model, output)
+                result.output = str(output)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _no_bar():
+    from contextlib import nullcontext
+
+    return nullcontext(lambda study, finished: None)
+
+
+def _stack(source: Any, model, path: Path) -> Path:
+    """All samples of a source in one stacked .npz (inputs on axis 0): read once, cheap to ship."""
+    from onnxopt.calibration import open_calibration
+
+    samples = list(open_calibration(source, model))
+    try:
+        arrays = {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
+    except ValueError as exc:
+        raise CalibrationError(f"{source}: tune needs samples of one shape per input to share them between trials ({exc})") from None
+    np.savez(path, **arrays)
+    return path
+
+
+def _prepare(original, work: Path, calibration, data, labels, remote: bool) -> dict[str, str]:
+    from onnxopt.evaluation import load_labels
+    from onnxopt.ir import save_model
+
+    files = {"model": str(work / "model.onnx"), "calib": str(_stack(calibration, original, work / "calib.npz")),
+             "data": str(_stack(data, original, work / "data.npz"))}
+    save_model(original, files["model"])
+    if labels is not None:
+        np.save(work / "labels.npy", load_labels(labels))
+        files["labels"] = str(work / "labels.npy")
+    return files
+
+
+def _closest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trial nearest to meeting the budget: completed ones by total violation, else early-rejected ones."""
+    complete = [r for r in records if r["state"] == "complete" and r["violation"] is not None]
+    if complete:
+        return min(complete, key=lambda r: (r["violation"], -(r["speedup"] or 0)))
+    rejected = [r for r in records if r["state"] == "pruned" and r.get("drop_pts") is not None]
+    return min(rejected, key=lambda r: r["drop_pts"], default=None)
+
+
+def _recheck(original, recipe, files: dict[str, str], settings, result: TuneResult):
+    """Compile the chosen recipe once more with the full report; keep it only if it still meets the budget."""
+    from onnxopt.api import compile as run_compile
+    from onnxopt.evaluation import EvaluationResult
+
+    compiled = run_compile(
+        original, target=recipe.target, calibration=files["calib"], extra_passes=recipe.extra_passes(),
+        overrides=recipe.overrides, save=False, seed=settings.seed, profile=True, profile_iters=settings.profile_iters,
+        threads=settings.threads, evaluation_data=files["data"], labels=files.get("labels"),
+    )
+    ev = compiled.report.evaluation
+    drop, fidelity, _ = accuracy_of(EvaluationResult(samples=ev["samples"], outputs=ev["outputs"], accuracy=ev["accuracy"]))
+    size_mb = compiled.report.after["size_bytes"] / 1e6
+    if any(v > 0 for v in settings.budget.violations(drop, fidelity, size_mb).values()):
+        result.notes.append(f"trial #{result.best['number']} missed the budget when compiled again (drop {drop}, fidelity {fidelity:.5f}); no model written")
+        result.closest, result.best = result.best, None
+        return None, compiled.report
+    return compiled.model, compiled.report

@@ -1,0 +1,183 @@
+"""The search space of `onnxopt tune`, declared once as a table of knobs.
+
+Each knob names an Optuna distribution, when it applies (given the knobs drawn before it), and how
+its value changes the recipe: the target, a structural pass from the CLI flags (depthwise, then
+channel pruning, as `insert_structural_passes` places them: substitute, prune, fuse, quantize), or
+a `--set pass.key=value` override. Fusion is always on: every target includes it. A new pass adds
+its knobs by appending rows to KNOBS; the sampler, the trial and the reproducing command line all
+read this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+)
+
+from onnxopt.errors import ConfigError
+
+SEARCHABLE_TARGETS = ("ort-int8", "ort-fp32", "ort-fp16")
+
+
+@dataclass
+class Recipe:
+    """What one trial compiles: a target, structural passes, and single-option overrides."""
+
+    target: str
+    depthwise: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def extra_passes(self) -> list[dict[str, Any]]:
+        """In the order the CLI's flags add them: substitute first, then prune."""
+        entries = []
+        if self.depthwise is not None:
+            entries.append({"name": "depthwise-separable", **self.depthwise})
+        if self.prune is not None:
+            entries.append({"name": "channel-prune", **self.prune})
+        return entries
+
+    def cli_args(self) -> list[str]:
+        """The `onnxopt compile` flags that build the same model."""
+        args = ["--target", self.target]
+        if self.depthwise is not None:
+            args.append("--depthwise")
+            if "flops_target" in self.depthwise:
+                args += ["--depthwise-flops", f"{self.depthwise['flops_target']:g}"]
+        if self.prune is not None and "flops_target" in self.prune:
+            args += ["--prune-flops", f"{self.prune['flops_target']:g}"]
+        for item in self.overrides:
+            args += ["--set", item]
+        return args
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    distribution: BaseDistribution
+    applies: Callable[[dict[str, Any]], bool]
+    apply: Callable[[Recipe, Any], None]
+    help: str = ""
+
+
+def _is_int8(params: dict[str, Any]) -> bool:
+    return str(params.get("target", "")).endswith("int8")
+
+
+def pass_default(pass_name: str, option_name: str) -> Any:
+    """The option's default in the registered pass, so overrides equal to it can be left out."""
+    import dataclasses
+
+    from onnxopt.pipeline import get_pass
+
+    for f in dataclasses.fields(get_pass(pass_name).Config):
+        if f.name == option_name:
+            return f.default
+    raise ConfigError(f"pass {pass_name} has no option {option_name}")
+
+
+def _override(pass_name: str, option_name: str) -> Callable[[Recipe, Any], None]:
+    def apply(recipe: Recipe, value: Any) -> None:
+        if value != pass_default(pass_name, option_name):
+            recipe.overrides.append(f"{pass_name}.{option_name}={value}")
+
+    return apply
+
+
+def _set_target(recipe: Recipe, value: str) -> None:
+    recipe.target = value
+
+
+def _prune(recipe: Recipe, value: float) -> None:
+    if value < 1.0:
+        recipe.prune = {"flops_target": round(float(value), 4)}
+
+
+def _depthwise(recipe: Recipe, value: bool) -> None:
+    if value:
+        recipe.depthwise = {}
+
+
+def _depthwise_flops(recipe: Recipe, value: float) -> None:
+    if recipe.depthwise is not None:
+        recipe.depthwise["flops_target"] = round(float(value), 4)
+
+
+def always(params: dict[str, Any]) -> bool:
+    return True
+
+
+def knobs(targets: tuple[str, ...]) -> list[Knob]:
+    """The table: order matters only for conditions (a knob may look at the ones above it)."""
+    return [
+        Knob("target", CategoricalDistribution(list(targets)), always, _set_target, "precision: float or int8"),
+        Knob("int8_max_drop", CategoricalDistribution([0.02, 0.05, 0.1, 0.3, 1.0, -1.0]), _is_int8,
+             _override("quantize-int8", "max_drop"), "quantizer's fidelity budget (cosine points); -1: no float fallback"),
+        Knob("int8_calibrator", CategoricalDistribution(["mse", "percentile", "minmax"]), _is_int8,
+             _override("quantize-int8", "calibrator"), "activation range calibrator"),
+        Knob("int8_max_fallback", CategoricalDistribution([0.0, 0.1, 0.25, 0.5]), _is_int8,
+             _override("quantize-int8", "max_fallback"), "most layers (fraction) kept in float"),
+        Knob("int8_final_layer", CategoricalDistribution(["float", "int8"]), _is_int8,
+             _override("quantize-int8", "final_layer"), "the classifier layer kept float or int8"),
+        Knob("prune_flops", FloatDistribution(0.2, 1.0, step=0.05), always, _prune, "MACs kept by channel pruning (1: no pruning)"),
+        Knob("depthwise", CategoricalDistribution([False, True]), always, _depthwise, "depthwise-separable substitution"),
+        Knob("depthwise_flops", FloatDistribution(0.4, 0.95, step=0.05), lambda p: bool(p.get("depthwise")),
+             _depthwise_flops, "MACs kept by the substitution"),
+    ]
+
+
+def check_targets(targets: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [t for t in targets if t not in SEARCHABLE_TARGETS]
+    if bad or not targets:
+        raise ConfigError(f"--targets: {', '.join(bad) or '(none)'} cannot be searched; choose from {', '.join(SEARCHABLE_TARGETS)}")
+    return tuple(dict.fromkeys(targets))
+
+
+def suggest(trial, table: list[Knob]) -> dict[str, Any]:
+    """Draw every knob that applies, define-by-run, so inactive knobs stay out of the trial."""
+    params: dict[str, Any] = {}
+    for knob in table:
+        if knob.applies(params):
+            params[knob.name] = _draw(trial, knob.name, knob.distribution)
+    return params
+
+
+def _draw(trial, name: str, distribution: BaseDistribution) -> Any:
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+
+
+def recipe_for(params: dict[str, Any], table: list[Knob]) -> Recipe:
+    recipe = Recipe(target=str(params.get("target", "ort-fp32")))
+    for knob in table:
+        if knob.name in params:
+            knob.apply(recipe, params[knob.name])
+    return recipe
+
+
+def default_params(targets: tuple[str, ...], table: list[Knob]) -> list[dict[str, Any]]:
+    """Starting points enqueued first: each target's plain recipe (what a user tries by hand)."""
+    int8_defaults = {"int8_max_drop": ("quantize-int8", "max_drop"), "int8_calibrator": ("quantize-int8", "calibrator"),
+                     "int8_max_fallback": ("quantize-int8", "max_fallback"), "int8_final_layer": ("quantize-int8", "final_layer")}
+    by_name = {knob.name: knob for knob in table}
+    starts = []
+    for target in targets:
+        params: dict[str, Any] = {"target": target, "prune_flops": 1.0, "depthwise": False}
+        if _is_int8(params):
+            params.update({k: pass_default(*where) for k, where in int8_defaults.items()})
+        # a default the table cannot express is left for the sampler to draw
+        starts.append({k: v for k, v in params.items() if k in by_name and _expressible(by_name[k].distribution, v)})
+    return starts
+
+
+def _expressible(distribution: BaseDistribution, value: Any) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    return distribution.low <= value <= distribution.high

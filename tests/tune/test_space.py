@@ -1,0 +1,62 @@
+"""The search space table: what each knob does to the recipe, in the order the targets compose passes."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from onnxopt.errors import ConfigError
+from onnxopt.recipes import insert_structural_passes, load_target
+from onnxopt.tune.space import (
+    Knob,
+    check_targets,
+    default_params,
+    knobs,
+    recipe_for,
+    suggest,
+)
+
+
+def test_int8_recipe_with_structural_passes_composes_like_the_cli():
+    table = knobs(("ort-int8", "ort-fp32"))
+    params = {"target": "ort-int8", "int8_max_drop": 0.3, "int8_calibrator": "percentile", "int8_max_fallback": 0.5,
+              "int8_final_layer": "float", "prune_flops": 0.45, "depthwise": True, "depthwise_flops": 0.8}
+    recipe = recipe_for(params, table)
+    assert [p["name"] for p in recipe.extra_passes()] == ["depthwise-separable", "channel-prune"]
+    # options equal to the pass's defaults are left out; the others become --set overrides
+    assert recipe.overrides == ["quantize-int8.max_drop=0.3", "quantize-int8.calibrator=percentile"]
+    assert recipe.cli_args() == ["--target", "ort-int8", "--depthwise", "--depthwise-flops", "0.8", "--prune-flops", "0.45",
+                                 "--set", "quantize-int8.max_drop=0.3", "--set", "quantize-int8.calibrator=percentile"]
+    names = [p["name"] for p in insert_structural_passes(load_target("ort-int8"), recipe.extra_passes())["passes"]]
+    assert names.index("depthwise-separable") < names.index("channel-prune") < names.index("fusion") < names.index("quantize-int8")
+
+
+def test_float_target_draws_no_int8_knobs_and_no_pruning_at_one():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    table = knobs(("ort-fp32",))
+    params = suggest(study.ask(), table)
+    assert params["target"] == "ort-fp32"
+    assert not any(name.startswith("int8_") for name in params)
+    recipe = recipe_for({"target": "ort-fp32", "prune_flops": 1.0, "depthwise": False}, table)
+    assert recipe.extra_passes() == [] and recipe.overrides == []
+
+
+def test_default_params_are_each_targets_plain_recipe():
+    table = knobs(("ort-int8", "ort-fp32"))
+    starts = default_params(("ort-int8", "ort-fp32"), table)
+    assert [s["target"] for s in starts] == ["ort-int8", "ort-fp32"]
+    assert recipe_for(starts[0], table).cli_args() == ["--target", "ort-int8"]
+
+
+def test_a_new_knob_is_one_more_row():
+    from optuna.distributions import CategoricalDistribution
+
+    table = knobs(("ort-int8",)) + [Knob("int8_rounding", CategoricalDistribution(["nearest"]), lambda p: True,
+                                         lambda r, v: r.overrides.append(f"quantize-int8.rounding={v}"))]
+    params = suggest(optuna.create_study(directions=["maximize", "minimize"]).ask(), table)
+    assert "quantize-int8.rounding=nearest" in recipe_for(params, table).overrides
+
+
+def test_unknown_target_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot be searched"):
+        check_targets(("trt-int8",))

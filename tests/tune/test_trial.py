@@ -1,0 +1,39 @@
+"""The early reject: a subset result is thrown out only when it misses the budget beyond its noise."""
+
+from __future__ import annotations
+
+from onnxopt.evaluation import EvaluationResult
+from onnxopt.tune.trial import Budget, accuracy_of, clearly_over_budget
+
+
+def _result(samples: int, drop_pts: float, agreement: float, cosine: float = 0.99) -> EvaluationResult:
+    outputs = {"logits": {"kind": "classifier", "cosine": cosine, "top1_agreement": agreement}}
+    accuracy = {"output": "logits", "labels": samples, "drop_top1_pts": drop_pts,
+                "original": {"top1": 0.9, "top5": None}, "optimized": {"top1": 0.9 - drop_pts / 100, "top5": None}}
+    return EvaluationResult(samples=samples, outputs=outputs, accuracy=accuracy)
+
+
+def test_a_drop_far_over_the_budget_is_rejected():
+    assert "over the budget" in clearly_over_budget(_result(200, 8.0, 0.9), Budget(max_drop=1.0))
+
+
+def test_a_drop_within_the_subset_noise_is_kept():
+    # 2.5 points on 200 samples with 5% of predictions changed: two standard errors are about 3.1 points
+    assert clearly_over_budget(_result(200, 2.5, 0.95), Budget(max_drop=1.0)) is None
+
+
+def test_fidelity_far_below_the_floor_is_rejected_and_near_it_kept():
+    assert clearly_over_budget(_result(64, 0.0, 1.0, cosine=0.97), Budget(min_fidelity=0.99)) is not None
+    assert clearly_over_budget(_result(64, 0.0, 1.0, cosine=0.985), Budget(min_fidelity=0.99)) is None
+
+
+def test_without_labels_the_drop_is_the_top1_disagreement():
+    result = EvaluationResult(samples=10, outputs={"logits": {"kind": "classifier", "cosine": 0.9, "top1_agreement": 0.8}})
+    drop, fidelity, accuracy = accuracy_of(result)
+    assert abs(drop - 20.0) < 1e-9 and fidelity == 0.9 and accuracy is None
+
+
+def test_violations_are_positive_only_when_a_constraint_breaks():
+    budget = Budget(max_drop=1.0, max_size_mb=2.0)
+    assert budget.violations(0.5, 0.99, 1.0) == {"max_drop": -0.5, "max_size_mb": -1.0}
+    assert budget.violations(1.5, 0.99, 3.0)["max_size_mb"] == 1.0
