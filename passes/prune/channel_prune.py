@@ -24,10 +24,12 @@ from onnxopt.costs import concrete_costs
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.graphs import export_model
 from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
+from onnxopt.passes.prune.heads import find_attention, remove_heads
 from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
 from onnxopt.passes.prune.removal import remove_channels
+from onnxopt.passes.prune.search import SearchResult, attention_report, global_search, uniform_heads
 from onnxopt.passes.prune.selection import obs_ranking
-from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams, refit_layers, refittable
+from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams, refit_layers, refittable, residual_input
 from onnxopt.pipeline import Pass, PassContext, PassResult, get_pass, option, register_pass
 
 DEFAULT_RATIO = 0.3
@@ -48,6 +50,11 @@ class ChannelPruneConfig:
     rows_per_sample: int = option(512, "output positions per sample used in each least-squares refit")
     ridge: float = option(1e-4, "ridge term of the refit, relative to the mean input energy")
     gram_memory_mb: int = option(1024, "memory for the input Gram matrices the obs criterion captures at once")
+    allocation: Literal["auto", "uniform", "global"] = option("auto", "how a flops_target is spread: global = one budget over every group and attention block by measured output error (auto: global with calibration data); uniform = one ratio everywhere")
+    heads: bool = option(True, "prune attention heads (Q/K/V columns, head count, output projection rows) as groups")
+    probe_samples: int = option(32, "calibration samples on which the global allocation measures each group's output error")
+    scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
+    propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
 
 
 def _check_config(cfg: ChannelPruneConfig) -> None:
@@ -109,44 +116,54 @@ class ChannelPrune(Pass):
             else:
                 candidates.append(group)
 
-        energy = None
-        if criterion == "activation":
-            energy = self._energy(graph, analysis, candidates, calibration)
-        if criterion == "obs":
-            scores = self._obs_scores(graph, candidates, calibration, ctx)
-        else:
-            scores = {g.gid: group_importance(g, criterion, energy) for g in candidates}
-
+        head_groups, heads_blocked = find_attention(graph) if cfg.heads else ([], [])
         ratio = DEFAULT_RATIO if cfg.ratio is None and cfg.flops_target is None else (cfg.ratio or 0.0)
-        counts = None
-        if cfg.flops_target is not None:
-            ratio, predicted, counts = ratio_for_flops(
-                analysis, candidates, scores, cfg.flops_target, cfg.layer_ratios, cfg.round_to, cfg.min_channels, node_macs_at, before["macs"]
+        search: SearchResult | None = None
+        if self._global(calibration):
+            samples = list(calibration)
+            search = global_search(
+                graph, analysis, candidates, head_groups, samples, node_macs_at, before["macs"], cfg.flops_target,
+                round_to=cfg.round_to, min_channels=cfg.min_channels, rows_per_sample=cfg.rows_per_sample,
+                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed,
             )
-            if predicted > cfg.flops_target * before["macs"] * 1.001:
-                ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {predicted / max(before['macs'], 1):.0%}")
-        masks = plan(candidates, scores, ratio, cfg.layer_ratios, cfg.round_to, cfg.min_channels, counts)
-        if not masks:
+            masks, kept_heads, ratio = search.masks, search.heads, 0.0
+            criterion = "output-error (global)"
+            if search.predicted_macs > cfg.flops_target * before["macs"] * 1.001:
+                ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {search.predicted_macs / max(before['macs'], 1):.0%}")
+        else:
+            masks, ratio = self._uniform_masks(graph, analysis, candidates, calibration, criterion, ratio, node_macs_at, before, ctx)
+            kept_heads = uniform_heads(graph, head_groups, ratio, calibration, cfg.rows_per_sample, ctx.seed) if cfg.ratio is not None else {}
+        if not masks and not kept_heads:
             ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, before, ratio, criterion, [], ctx)
             return PassResult(changed=False, stats={"groups_pruned": 0, "blocked": sum(1 for g in analysis.groups if g.blocked)})
 
         reference_before = export_model(graph) if cfg.reconstruct and calibration is not None else None
         kept = remove_channels(graph, analysis, masks)
+        head_sizes = {}
+        for index, heads_kept in kept_heads.items():
+            group = head_groups[index]
+            head_sizes[group.name] = (group.heads, len(heads_kept))
+            remove_heads(graph, group, heads_kept)
+        graph.cleanup().toposort()
 
         fits = []
         if cfg.reconstruct and calibration is not None:
-            fits = self._reconstruct(graph, analysis, kept, reference_before, calibration, ctx)
+            heads_refit = [head_groups[i].output for i in kept_heads]
+            fits = self._reconstruct(graph, analysis, kept, reference_before, calibration, ctx, heads_refit)
         elif cfg.reconstruct:
             ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
 
         get_pass("shape-inference")(symbolic=False).run(graph, ctx)
         after, _ = concrete_costs(graph, ctx.input_shapes)
-        ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
-        ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}}
+        report = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
+        report.update(attention_report(head_groups, heads_blocked, head_sizes, search, fits))
+        ctx.artifacts["report:channel-prune"] = report
+        ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}, "heads": {n: k for n, (_, k) in head_sizes.items()}}
         return PassResult(
             changed=True,
             stats={
                 "groups_pruned": len(masks),
+                "heads_removed": sum(n - k for n, k in head_sizes.values()),
                 "macs_before": before["macs"],
                 "macs_after": after["macs"],
                 "params_before": before["parameters"],
@@ -154,6 +171,36 @@ class ChannelPrune(Pass):
                 "layers_refit": len(fits),
             },
         )
+
+    def _global(self, calibration) -> bool:
+        """Whether a flops target is spread by the global output-error allocation."""
+        cfg = self.config
+        if cfg.flops_target is None or cfg.allocation == "uniform":
+            return False
+        if calibration is None:
+            if cfg.allocation == "global":
+                raise CalibrationError("channel-prune: allocation=global measures output error on calibration data; pass --calib DATA or set allocation=uniform")
+            return False
+        return True
+
+    def _uniform_masks(self, graph, analysis, candidates, calibration, criterion, ratio, node_macs_at, before, ctx) -> tuple[dict[int, np.ndarray], float]:
+        """The first round's plan: one ratio for every group (bisected for a flops target)."""
+        cfg = self.config
+        energy = None
+        if criterion == "activation":
+            energy = self._energy(graph, analysis, candidates, calibration)
+        if criterion == "obs":
+            scores = self._obs_scores(graph, candidates, calibration, ctx)
+        else:
+            scores = {g.gid: group_importance(g, criterion, energy) for g in candidates}
+        counts = None
+        if cfg.flops_target is not None:
+            ratio, predicted, counts = ratio_for_flops(
+                analysis, candidates, scores, cfg.flops_target, cfg.layer_ratios, cfg.round_to, cfg.min_channels, node_macs_at, before["macs"]
+            )
+            if predicted > cfg.flops_target * before["macs"] * 1.001:
+                ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {predicted / max(before['macs'], 1):.0%}")
+        return plan(candidates, scores, ratio, cfg.layer_ratios, cfg.round_to, cfg.min_channels, counts), ratio
 
     def _criterion(self, calibration, ctx: PassContext) -> str:
         requested = self.config.importance
@@ -197,7 +244,7 @@ class ChannelPrune(Pass):
             flush()
         return scores
 
-    def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx) -> list[dict]:
+    def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx, extra_nodes=()) -> list[dict]:
         teacher = ctx.teacher
         teacher_tensors = {o for n in teacher.graph.node for o in n.output} if teacher is not None else set()
         order = {id(n): i for i, n in enumerate(graph.nodes)}
@@ -213,9 +260,25 @@ class ChannelPrune(Pass):
             out = node.outputs[0].name
             original = analysis.dims[out].length if out in analysis.dims else None
             reference = teacher if out in teacher_tensors else reference_before
-            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before))
+            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before, self._correction(node, reference, teacher, teacher_tensors)))
+        for node in extra_nodes:  # output projections of pruned attention blocks: same outputs, fewer inputs
+            if id(node) in seen or id(node) not in order:
+                continue
+            seen.add(id(node))
+            out = node.outputs[0].name
+            reference = teacher if out in teacher_tensors else reference_before
+            targets.append(LayerTarget(node, reference, out, None, None, reference_before, self._correction(node, reference, teacher, teacher_tensors)))
         targets.sort(key=lambda t: order[id(t.node)])
-        return refit_layers(graph, targets, calibration, rows_per_sample=self.config.rows_per_sample, ridge=self.config.ridge, seed=ctx.seed)
+        return refit_layers(graph, targets, calibration, rows_per_sample=self.config.rows_per_sample, ridge=self.config.ridge, seed=ctx.seed, scale_refit=self.config.scale_refit)
+
+    def _correction(self, node, reference, teacher, teacher_tensors) -> str | None:
+        """The residual stream the layer writes into, when the reference model has that tensor too."""
+        if not self.config.propagate:
+            return None
+        name = residual_input(node)
+        if name is None or (reference is teacher and name not in teacher_tensors):
+            return None
+        return name
 
     def _report(self, analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx) -> dict:
         groups = []
