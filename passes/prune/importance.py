@@ -155,6 +155,7 @@ def output_costs(graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray
             for consumer, const, _ in swapped:
                 consumer.node.inputs[consumer.index] = const
             graph.inputs = saved_inputs
+        batches = _batched(samples)
         denominator = sum(float(np.sum(np.square(r, dtype=np.float64))) for outs in reference for r in outs) or 1.0
         for level in unit.levels:
             if level == unit.size:
@@ -162,8 +163,32 @@ def output_costs(graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray
                 continue
             keep = unit.keep_mask(level)
             weights = {var.name: consumer.weight_for(keep, grams.get(id(consumer.node))) for consumer, _, var in swapped}
-            error = 0.0
-            for feeds, ref in zip(samples, reference):
-                outs = session.run(None, {**feeds, **weights})
-                error += sum(float(np.sum(np.square(o.astype(np.float64) - r))) for o, r in zip(outs, ref))
+            outs = _run_all(session, batches, weights)
+            ref = [np.concatenate([r[i] for r in reference], axis=0) for i in range(len(reference[0]))] if len(batches) == 1 else None
+            if ref is None:
+                error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for outs_i, ref_i in zip(outs, reference) for o, r in zip(outs_i, ref_i))
+            else:
+                error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for o, r in zip(outs[0], ref))
             unit.cost[level] = error / denominator
+
+
+def _batched(samples: list[dict]) -> list[dict]:
+    """The samples stacked along the batch axis when they all have batch 1 and equal shapes
+    (one run instead of many); otherwise the samples themselves."""
+    if len(samples) > 1 and all(
+        set(f) == set(samples[0]) and all(np.shape(f[k]) == np.shape(samples[0][k]) and np.shape(f[k])[:1] == (1,) for k in f) for f in samples
+    ):
+        return [{k: np.concatenate([f[k] for f in samples], axis=0) for k in samples[0]}]
+    return samples
+
+
+def _run_all(session, batches: list[dict], extra: dict) -> list[list[np.ndarray]]:
+    try:
+        return [session.run(None, {**feeds, **extra}) for feeds in batches]
+    except Exception:  # a model with a fixed batch of 1: one sample at a time
+        if len(batches) != 1:
+            raise
+        stacked = batches[0]
+        n = next(iter(stacked.values())).shape[0]
+        outs = [session.run(None, {**{k: v[i : i + 1] for k, v in stacked.items()}, **extra}) for i in range(n)]
+        return [[np.concatenate([o[j] for o in outs], axis=0) for j in range(len(outs[0]))]]

@@ -18,6 +18,7 @@ from onnxopt.passes.prune import ChannelPrune
 from onnxopt.passes.prune.heads import find_attention, remove_heads
 from onnxopt.pipeline import PassContext, get_pass
 from onnxopt.runtime import run_model
+from tests.passes.prune.attention_models import feeds, zero_head
 
 ZOO = Path(os.environ.get("ONNXOPT_ZOO", Path.home() / ".cache" / "onnxopt" / "zoo"))
 
@@ -26,22 +27,6 @@ def inferred(model: onnx.ModelProto) -> gs.Graph:
     graph = import_graph(model)
     get_pass("shape-inference")(symbolic=False).run(graph, PassContext())
     return graph
-
-
-def feeds(seed=0, n=1):
-    return {"x": np.random.default_rng(seed).standard_normal((n, 8, 32)).astype(np.float32)}
-
-
-def zero_head(model: onnx.ModelProto, head: int, head_dim: int = 8) -> onnx.ModelProto:
-    """The block with head `head`'s rows of the output projection set to zero: its output no longer reaches y."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for init in copy.graph.initializer:
-        if init.name == "attn.output.weight":
-            w = onnx.numpy_helper.to_array(init).copy()
-            w[head * head_dim : (head + 1) * head_dim] = 0
-            init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
-    return copy
 
 
 @pytest.mark.parametrize("opset", [14, 17, 18])
@@ -170,7 +155,7 @@ def test_minilm_heads_are_found_and_removing_zeroed_heads_is_exact():
         remove_heads(graph, group, np.array([h for h in range(12) if h not in (0, 5)]))
     graph.cleanup().toposort()
     pruned = export_model(graph, model)
-    sample = dict(np.load(sorted(glob.glob(str(ZOO / "minilm" / "eval" / "*.npz")))[0]))
+    sample = dict(np.load(min(glob.glob(str(ZOO / "minilm" / "eval" / "*.npz")))))
     expected = run_model(silenced, sample)["last_hidden_state"]
     actual = run_model(pruned, sample)["last_hidden_state"]
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
