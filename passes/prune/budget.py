@@ -24,13 +24,15 @@ from onnxopt.passes.prune.importance import Unit
 
 def channel_levels(n: int, round_to: int, min_channels: int, probes: int = 8) -> tuple[list[int], list[int]]:
     """(sizes the allocator may choose, sizes measured): all multiples of round_to at or above
-    min_channels, and about `probes` of them spread evenly, whose costs the rest interpolate."""
+    min_channels, and about `probes` of them, denser near the full size where cost curves bend
+    most (removing 1/16, 1/8, 1/4, ... of the channels), whose costs the rest interpolate."""
     step = round_to if n >= round_to else 1
     floor = min(max(min_channels, step), n)
     sizes = [n] + [k for k in range((n - 1) // step * step, floor - 1, -step) if k < n]
     if len(sizes) <= probes + 1:
         return sizes, sizes
-    measured = {sizes[round(i)] for i in np.linspace(0, len(sizes) - 1, probes + 1)}
+    fractions = [1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 1.0][-probes:]
+    measured = {n} | {min(sizes, key=lambda k: abs(k - n * (1 - f))) for f in fractions}
     return sizes, sorted(measured, reverse=True)
 
 
@@ -78,4 +80,26 @@ def allocate(units: list[Unit], total_macs: Callable[[dict[str, int]], float], t
         smaller = [lv for lv in unit.levels if lv < kept[name]]
         kept[name] = smaller[0] if best[2] in smaller[:1] or unit.cost[smaller[0]] <= unit.cost[best[2]] else best[2]
         current = total_macs(kept)
-    return kept, current
+    return _give_back(units, kept, total_macs, target, current)
+
+
+def _give_back(units: list[Unit], kept: dict[str, int], total_macs, target: float, current: float) -> tuple[dict[str, int], float]:
+    """Sizes are discrete, so the last step may overshoot: grow back, one size at a time, the
+    units whose growth buys the most output error per MAC while the target still holds."""
+    while True:
+        best = None
+        for unit in units:
+            larger = [lv for lv in unit.levels if lv > kept[unit.name]]
+            if not larger:
+                continue
+            trial = {**kept, unit.name: larger[-1]}
+            macs = total_macs(trial)
+            if macs > target:
+                continue
+            gain = unit.cost[kept[unit.name]] - unit.cost[larger[-1]]
+            value = gain / max(macs - current, 1.0)
+            if best is None or value > best[0]:
+                best = (value, trial, macs)
+        if best is None:
+            return kept, current
+        _, kept, current = best

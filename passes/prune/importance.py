@@ -12,7 +12,7 @@ what reconstruction will then do) and the model is run on calibration samples. T
 output error ||y - y_teacher||^2 / ||y_teacher||^2 at each candidate size is the unit's cost
 curve (Kwon et al. 2022 measure a Fisher approximation of the same quantity; measuring it on the
 output directly needs no gradients and sees every nonlinearity after the unit). Consumers' weights
-are fed as graph inputs, so one session serves every size of a unit.
+are fed as graph inputs, so one session serves every size of every unit.
 """
 
 from __future__ import annotations
@@ -138,37 +138,48 @@ def head_ranking(group: HeadGroup, consumer: Consumer, gram: np.ndarray | None) 
 
 
 def output_costs(graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]]) -> None:
-    """Fill each unit's cost curve: relative output error at every level, one session per unit."""
+    """Fill each unit's cost curve: relative output error at every level. Every consumer's weight
+    becomes a graph input of one probe session; a run feeds the probed unit's changed weights and
+    every other consumer's own."""
     fresh = FreshNames(graph)
+    saved_inputs = list(graph.inputs)
+    names: dict[tuple[int, int], str] = {}
+    defaults: dict[str, np.ndarray] = {}
+    swapped = []
+    for consumer in (c for u in units for c in u.consumers):
+        key = (id(consumer.node), consumer.index)
+        if key in names:
+            continue
+        const = consumer.node.inputs[consumer.index]
+        var = gs.Variable(fresh(f"{const.name}_probe"), dtype=np.float32, shape=list(np.shape(constant_input_value(const))))
+        consumer.node.inputs[consumer.index] = var
+        graph.inputs.append(var)
+        names[key] = var.name
+        defaults[var.name] = np.asarray(constant_input_value(const), dtype=np.float32)
+        swapped.append((consumer, const))
+    try:
+        session = make_session(export_model(graph), opt_level="basic")
+    finally:
+        for consumer, const in swapped:
+            consumer.node.inputs[consumer.index] = const
+        graph.inputs = saved_inputs
+    batches = _batched(samples)
+    stacked = [np.concatenate([r[i] for r in reference], axis=0) for i in range(len(reference[0]))] if len(batches) == 1 else None
+    denominator = sum(float(np.sum(np.square(r, dtype=np.float64))) for outs in reference for r in outs) or 1.0
     for unit in units:
-        saved_inputs = list(graph.inputs)
-        swapped = []
-        for consumer in unit.consumers:
-            const = consumer.node.inputs[consumer.index]
-            var = gs.Variable(fresh(f"{const.name}_probe"), dtype=np.float32, shape=list(np.shape(constant_input_value(const))))
-            consumer.node.inputs[consumer.index] = var
-            graph.inputs.append(var)
-            swapped.append((consumer, const, var))
-        try:
-            session = make_session(export_model(graph), opt_level="basic")
-        finally:
-            for consumer, const, _ in swapped:
-                consumer.node.inputs[consumer.index] = const
-            graph.inputs = saved_inputs
-        batches = _batched(samples)
-        denominator = sum(float(np.sum(np.square(r, dtype=np.float64))) for outs in reference for r in outs) or 1.0
         for level in unit.levels:
             if level == unit.size:
                 unit.cost[level] = 0.0
                 continue
             keep = unit.keep_mask(level)
-            weights = {var.name: consumer.weight_for(keep, grams.get(id(consumer.node))) for consumer, _, var in swapped}
+            weights = dict(defaults)
+            for consumer in unit.consumers:
+                weights[names[id(consumer.node), consumer.index]] = consumer.weight_for(keep, grams.get(id(consumer.node)))
             outs = _run_all(session, batches, weights)
-            ref = [np.concatenate([r[i] for r in reference], axis=0) for i in range(len(reference[0]))] if len(batches) == 1 else None
-            if ref is None:
+            if stacked is None:
                 error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for outs_i, ref_i in zip(outs, reference) for o, r in zip(outs_i, ref_i))
             else:
-                error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for o, r in zip(outs[0], ref))
+                error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for o, r in zip(outs[0], stacked))
             unit.cost[level] = error / denominator
 
 
