@@ -253,20 +253,26 @@ def scale_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, ridge:
     return np.linalg.solve(normal, rhs + ridge * scale)
 
 
-def _scale_fit(stats: "NormalEquations", w_now: np.ndarray, fit_bias: bool) -> tuple[np.ndarray, np.ndarray]:
+def _scale_fit(stats: NormalEquations, w_now: np.ndarray, fit_bias: bool) -> tuple[np.ndarray, np.ndarray]:
     gram, cross, x_mean, y_mean = stats.centered(fit_bias)
     w = scale_solve(gram, cross, w_now)[:, None] * w_now.astype(np.float64)
     return w.astype(np.float32), (y_mean - x_mean @ w).astype(np.float32)
 
 
-def _held_out_error(folds: list["NormalEquations"], fit) -> float:
-    """Residual summed over folds, each predicted by `fit` on the other folds."""
-    total = 0.0
+def _leave_one_out(folds: list[NormalEquations]):
+    """(statistics of all folds but one, that one) for every fold."""
     for i, held_out in enumerate(folds):
         rest = NormalEquations()
         for j, fold in enumerate(folds):
             if j != i:
                 rest = rest.merged(fold)
+        yield rest, held_out
+
+
+def _held_out_error(folds: list[NormalEquations], fit) -> float:
+    """Residual summed over folds, each predicted by `fit` on the other folds."""
+    total = 0.0
+    for rest, held_out in _leave_one_out(folds):
         if rest.rows == 0 or held_out.rows == 0:
             return float("inf")
         total += held_out.residual(*fit(rest))
@@ -278,11 +284,7 @@ def validated_ridge(folds: list[NormalEquations], *, fit_bias: bool = True, prio
 
     One eigendecomposition per fold makes every ridge in the grid cost two matrix products."""
     errors = np.zeros(len(grid))
-    for i, held_out in enumerate(folds):
-        rest = NormalEquations()
-        for j, fold in enumerate(folds):
-            if j != i:
-                rest = rest.merged(fold)
+    for rest, held_out in _leave_one_out(folds):
         if rest.rows == 0 or held_out.rows == 0:
             return grid[0]
         gram, cross, x_mean, y_mean = rest.centered(fit_bias)
@@ -510,10 +512,10 @@ def refit_layers(
         if scale_refit and stats.rows < scarce_factor * w_now.shape[0]:
             # few rows per weight: keep the full refit only where it predicts held-out rows better
             # than rescaling the kept inputs (and than leaving the layer as it is)
-            def full(s):
+            def full(s, fit_bias=fit_bias, chosen=chosen, w_now=w_now):
                 return s.solve(fit_bias=fit_bias, ridge=chosen, prior=w_now)
 
-            def scaled(s):
+            def scaled(s, fit_bias=fit_bias, w_now=w_now):
                 return _scale_fit(s, w_now, fit_bias)
 
             errors = {"full": _held_out_error(folds, full), "scale": _held_out_error(folds, scaled)}
