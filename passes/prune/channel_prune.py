@@ -6,6 +6,10 @@ each pruned group, so the model gets physically smaller and faster. Without retr
 layers that read a pruned group are then refit by least squares on calibration data so their
 outputs match the teacher's (reconstruct.refit_layers, He et al. 2017 / ThiNet).
 
+Attention heads (heads.py) are groups too. With a FLOPs target and calibration data the budget is
+global (search.py): every channel group and attention block gets an output-error cost curve and
+MACs go where they cost least; otherwise one uniform ratio applies, as in the first round.
+
 Lossy by design (exact = False): the report records MACs and parameters before and after, the
 ratio of every group, the groups left alone and why, and each refit layer's error on the
 calibration data before and after its refit.
