@@ -26,19 +26,21 @@ import re
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 
 from onnxopt import profiling
+from onnxopt.backends.base import Artifact, LowerRequest, Range, batch_of
 from onnxopt.errors import BackendError, ConfigError
 from onnxopt.ir import needs_external_data, save_model, write_bytes_atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
-Range = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ class EngineOptions:
     strongly_typed: bool = False  # take precisions from the ONNX types (e.g. a float16 model), set no precision flags
 
     @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> "EngineOptions":
+    def from_recipe(cls, recipe: dict[str, Any]) -> EngineOptions:
         table = dict(recipe.get("engine", {}) or {})
         known = {f.name for f in fields(cls)} - {"precision"}
         unknown = sorted(set(table) - known)
@@ -616,7 +618,7 @@ class EngineRunner:
             self.cuda.destroy_stream(self.stream)
             self.stream = None
 
-    def __enter__(self) -> "EngineRunner":
+    def __enter__(self) -> EngineRunner:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -628,19 +630,48 @@ class EngineRunner:
 
 @dataclass
 class TensorRTBackend:
-    """The Backend protocol over TensorRT engines; `lower` is what a trt-* compile runs."""
+    """The Backend protocol (backends/base.py) over TensorRT engines."""
 
     options: EngineOptions = field(default_factory=EngineOptions)
     profiles: dict[str, Range] = field(default_factory=dict)
     threads: int = 0  # accepted for the protocol; TensorRT has no host thread setting
     name: str = field(default="tensorrt", init=False)
+    _engines: dict[int, tuple[onnx.ModelProto, bytes]] = field(default_factory=dict, init=False, repr=False)
+    display_name: ClassVar[str] = "TensorRT"
+    artifact_kind: ClassVar[str] = "engine"
+    requirement: ClassVar[str] = "TensorRT 10 and a CUDA GPU"
+
+    @classmethod
+    def for_target(cls, target: Any, *, threads: int = 0, input_ranges: dict[str, Range] | None = None) -> TensorRTBackend:
+        """Builder options from the target's precision and [engine] table; one profile per input range."""
+        options = EngineOptions.from_recipe({"precision": target.precision, "engine": dict(target.engine)})
+        return cls(options=options, profiles=dict(input_ranges or {}), threads=threads)
+
+    @staticmethod
+    def availability() -> str | None:
+        return availability()
+
+    def readiness(self, model: onnx.ModelProto, warn: Callable[[str], None]) -> dict[str, Any]:
+        """TensorRT 10's parser and precision rules on the ONNX (backends/trt_check.py), on any machine."""
+        from onnxopt.backends.trt_check import check_model as check_trt
+
+        result = check_trt(model, self.profiles, precision=self.options.precision)
+        for finding in result.errors:
+            warn(f"TensorRT check: {finding.line()}")
+        return result.to_dict()
 
     def build(self, model: onnx.ModelProto) -> bytes:
-        return build_engine(model, self.options, self.profiles).engine
+        """The serialized engine, built once per model object (the gate times the same pair in rounds)."""
+        key = id(model)
+        if key not in self._engines:
+            self._engines[key] = (model, build_engine(model, self.options, self.profiles).engine)
+        return self._engines[key][1]
 
-    def runner(self, artifact: bytes, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
-        engine = EngineRunner(artifact, feeds)
-        return engine.run
+    @contextmanager
+    def runner(self, artifact: bytes, feeds: dict[str, np.ndarray]) -> Iterator[Callable[[], Any]]:
+        """A zero-argument run of the engine; the device buffers are freed when the block ends."""
+        with EngineRunner(artifact, feeds) as engine:
+            yield engine.run
 
     def profile(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, warmup: int = 10, iters: int = 100) -> profiling.LatencyStats:
         with EngineRunner(self.build(model), feeds) as engine:
@@ -648,10 +679,30 @@ class TensorRTBackend:
 
     def compare(self, baseline, candidate, feeds, *, warmup: int = 10, iters: int = 100) -> profiling.LatencyComparison:
         """Two engines timed in alternation (wall clock around a synchronized run, as for ORT)."""
-        with EngineRunner(self.build(baseline), feeds) as base, EngineRunner(self.build(candidate), feeds) as cand:
-            return profiling.compare(base.run, cand.run, warmup=warmup, iters=iters, batch=_batch(feeds))
+        with self.runner(self.build(baseline), feeds) as base, self.runner(self.build(candidate), feeds) as cand:
+            return profiling.compare(base, cand, warmup=warmup, iters=iters, batch=batch_of(feeds))
 
-    def lower(
+    def lower(self, model: onnx.ModelProto, target: Any, request: LowerRequest) -> Artifact:
+        """Build the engine, write it where asked, check it against ONNX Runtime, time it, profile its layers."""
+        from onnxopt.runtime import run_model
+
+        iters = request.iters if request.profile else 1
+        engine, results = self.build_and_profile(
+            model,
+            request.feeds,
+            engine_path=request.path,
+            reference=run_model(model, request.feeds),
+            warmup=max(iters // 10, 2) if request.profile else 1,
+            iters=iters,
+            layer_runs=10 if request.profile else 1,
+            log=request.log,
+        )
+        return Artifact(backend=self.name, handle=engine, path=request.path, results=results)
+
+    def report_section(self, artifact: Artifact | None, readiness: dict[str, Any] | None) -> dict[str, Any]:
+        return {"trt_check": readiness, "engine": artifact.results if artifact is not None else None}
+
+    def build_and_profile(
         self,
         model: onnx.ModelProto,
         feeds: dict[str, np.ndarray],
@@ -662,7 +713,7 @@ class TensorRTBackend:
         iters: int = 100,
         layer_runs: int = 10,
         log: Callable[[str], None] = lambda message: None,
-    ) -> dict[str, Any]:
+    ) -> tuple[bytes, dict[str, Any]]:
         """Build, save atomically, run once against the ORT reference, time, profile per layer."""
         from onnxopt.evaluation import output_difference
 
@@ -701,9 +752,4 @@ class TensorRTBackend:
         rows = merge_layer_times(layers, times, layer_runs)
         report["layer_summary"] = layer_summary(rows, len(model.graph.node))
         report["layers"] = sorted(rows, key=lambda r: -r.get("ms_per_run", 0.0))
-        return report
-
-
-def _batch(feeds: dict[str, np.ndarray]) -> int:
-    first = next(iter(feeds.values()), None)
-    return int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
+        return built.engine, report

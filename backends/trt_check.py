@@ -35,6 +35,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import constant_input_value, import_graph, iter_graphs
 from onnxopt.inputs import graph_inputs
+from onnxopt.ops import LINEAR, QDQ
 
 MIN_OPSET, MAX_OPSET = 9, 20
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -71,7 +72,7 @@ UNSUPPORTED_OPS = frozenset(
 
 # Ops whose tensors are int64 by definition of their indices; a "to the end" sentinel there clamps correctly.
 SENTINEL_INT64_CONSUMERS = {"Slice": (1, 2), "Pad": (1,)}
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+QDQ_OPS = QDQ
 INT8 = np.dtype(np.int8)
 
 
@@ -295,7 +296,7 @@ def _expected_weight_axis(dq: gs.Node) -> list[tuple[str, int | None, int]]:
     rank = len(out.shape) if out.shape is not None else None
     for consumer in out.outputs:
         index = next((i for i, t in enumerate(consumer.inputs) if t is out), None)
-        if consumer.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and index == 1:
+        if consumer.op in LINEAR and index == 1:
             if consumer.op == "Conv":
                 axis = 0
             elif consumer.op == "ConvTranspose":

@@ -27,8 +27,9 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import onnxopt  # noqa: E402
 from bench_prune import EXAMPLE, accuracy, fashion_test_set, latency_ratio, run_sections  # noqa: E402
+
+import onnxopt  # noqa: E402
 
 
 def compile_with(model, passes, calibration=None):

@@ -322,6 +322,49 @@ def mobilenet_v2_shaped(input_size: int = 224, num_classes: int = 1000, seed: in
                    "mobilenet_v2_shaped")
 
 
+def mobilenet_v3_shaped(input_size: int = 224, num_classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
+    """MobileNetV3-Small layout (HardSwish, depthwise convs, squeeze-excite with HardSigmoid) with
+    He-random weights: the graph whose Q/DQ boundaries make int8 slower than float on many CPUs."""
+    g = _Graph(seed)
+
+    def act(x, kind, name):
+        return g.op("HardSwish", [x], f"{name}.hswish") if kind == "HS" else g.op("Relu", [x], f"{name}.relu")
+
+    def squeeze_excite(x, c, name):
+        squeezed = _make_divisible(c // 4)
+        s = g.op("GlobalAveragePool", [x], f"{name}.pool")
+        s = g.op("Relu", [g.conv(s, c, squeezed, 1, bias=True, name=f"{name}.fc1")], f"{name}.relu")
+        s = g.op("HardSigmoid", [g.conv(s, squeezed, c, 1, bias=True, name=f"{name}.fc2")], f"{name}.hsigmoid", alpha=1.0 / 6, beta=0.5)
+        return g.op("Mul", [x, s], f"{name}.scale")
+
+    y = act(g.conv_bn("input", 3, 16, 3, stride=2, name="features.0", act=None), "HS", "features.0")
+    cin = 16
+    # kernel, expanded, out, squeeze-excite, activation, stride (torchvision's mobilenet_v3_small)
+    config = [(3, 16, 16, True, "RE", 2), (3, 72, 24, False, "RE", 2), (3, 88, 24, False, "RE", 1),
+              (5, 96, 40, True, "HS", 2), (5, 240, 40, True, "HS", 1), (5, 240, 40, True, "HS", 1),
+              (5, 120, 48, True, "HS", 1), (5, 144, 48, True, "HS", 1), (5, 288, 96, True, "HS", 2),
+              (5, 576, 96, True, "HS", 1), (5, 576, 96, True, "HS", 1)]
+    for index, (k, hidden, cout, se, kind, stride) in enumerate(config, start=1):
+        p = f"features.{index}"
+        z = y if hidden == cin else act(g.conv_bn(y, cin, hidden, 1, name=f"{p}.expand", act=None), kind, f"{p}.expand")
+        z = act(g.conv_bn(z, hidden, hidden, k, stride, group=hidden, name=f"{p}.dw", act=None), kind, f"{p}.dw")
+        if se:
+            z = squeeze_excite(z, hidden, f"{p}.se")
+        z = g.conv_bn(z, hidden, cout, 1, name=f"{p}.project", act=None, gamma_scale=0.5)
+        y = g.op("Add", [z, y], f"{p}.add") if stride == 1 and cin == cout else z
+        cin = cout
+    y = act(g.conv_bn(y, cin, 576, 1, name="features.12", act=None), "HS", "features.12")
+    y = g.op("Flatten", [g.op("GlobalAveragePool", [y], "avgpool")], "flatten", axis=1)
+    y = g.op("HardSwish", [g.linear(y, 576, 1024, "classifier.0")], "classifier.1")
+    g.rename_output(g.linear(y, 1024, num_classes, "classifier.3"), "logits")
+    return g.model([_tensor("input", [1, 3, input_size, input_size])], [_tensor("logits", [1, num_classes])],
+                   "mobilenet_v3_shaped")
+
+
+def _make_divisible(value: int, divisor: int = 8) -> int:
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
 BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     "conv_bn_relu": conv_bn_relu,
     "residual_net": residual_net,
@@ -332,4 +375,5 @@ BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     "resnet18_shaped": resnet18_shaped,
     "resnet50_shaped": resnet50_shaped,
     "mobilenet_v2_shaped": mobilenet_v2_shaped,
+    "mobilenet_v3_shaped": mobilenet_v3_shaped,
 }

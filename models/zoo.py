@@ -19,10 +19,12 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
 
 from onnxopt.errors import ConfigError, ModelLoadError
 from onnxopt.models import zoo_inputs as inputs
@@ -67,8 +69,6 @@ def _save_samples(folder: Path, samples: list[dict[str, np.ndarray]]) -> None:
 
 
 def _io_shapes(model_path: Path) -> dict:
-    import onnx
-
     model = onnx.load(str(model_path), load_external_data=False)
     inits = {t.name for t in model.graph.initializer}
 
@@ -83,8 +83,6 @@ def _io_shapes(model_path: Path) -> dict:
 
 def _torch_export(module, args: tuple, path: Path, **kwargs) -> None:
     """The TorchScript exporter: it keeps BatchNormalization and takes opsets below 18."""
-    import warnings
-
     import torch
 
     with warnings.catch_warnings():

@@ -5,9 +5,8 @@
     result.model, result.report.summary()
 """
 
-__version__ = "0.1.0"
-
-from onnxopt.errors import OnnxoptError  # noqa: E402
-from onnxopt.api import CompileResult, compile  # noqa: E402,A004
+from onnxopt._version import __version__
+from onnxopt.api import CompileResult, compile  # noqa: A004
+from onnxopt.errors import OnnxoptError
 
 __all__ = ["compile", "CompileResult", "OnnxoptError", "__version__"]

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from onnxopt import __version__
+from onnxopt._version import __version__
 from onnxopt.errors import OnnxoptError
 
 EXIT_ERROR = 2
@@ -97,39 +97,45 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, depthwise, depthwise_error, depthwise_flops, max_drop, emit, engine_path, eval_data, labels, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
     """Optimize MODEL for a target and write the optimized model."""
+    from pathlib import Path
+
     from onnxopt import progress
-    from onnxopt.api import compile as run_compile
+    from onnxopt.api import compile_with, default_output_path
     from onnxopt.inputs import parse_input_shapes, parse_shape_ranges
+    from onnxopt.stages import CompileOptions, resolve_recipe, resolve_target
 
     progress.set_quiet(quiet)
     if labels is not None and eval_data is None:
         raise click.UsageError("--labels needs --data")
-
-    result = run_compile(
-        model,
+    extra_passes = tuple(_structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops))
+    if output is None:  # the CLI's default: <stem>.<target>.onnx beside the input
+        name = resolve_target(resolve_recipe(target, recipe, overrides, extra_passes), target, recipe).name
+        output = default_output_path(Path(model), name)
+    opts = CompileOptions(
         target=target,
+        output=Path(output),
         calibration=calib,
         calibration_limit=calib_limit,
-        extra_passes=_structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops),
+        recipe=recipe,
+        overrides=tuple(overrides),
+        extra_passes=extra_passes,
         options={"max_drop": max_drop} if max_drop is not None else {},
         emit=emit,
-        output=output,
-        recipe=recipe,
-        overrides=overrides,
         input_shapes=parse_input_shapes(input_shapes),
         input_ranges=parse_shape_ranges(input_shapes),
-        engine=engine_path,
+        engine=Path(engine_path) if engine_path is not None else None,
         verify=verify,
         profile=not no_profile,
         profile_iters=iters,
         op_breakdown=op_breakdown,
         threads=threads,
         seed=seed,
-        report=report_path,
+        report=Path(report_path) if report_path is not None else None,
         evaluation_data=eval_data,
         labels=labels,
         log=_log(quiet),
     )
+    result = compile_with(model, opts)
     click.echo(result.report.to_json() if as_json else result.report.summary())
 
 
@@ -264,6 +270,7 @@ def eval_cmd(original, optimized, data, labels, output_name, limit, input_shapes
 @main.command("gate")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--target", "-t", default="ort-fp32", show_default=True, help="Target to compile for (see `onnxopt targets`).")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="A TOML recipe that replaces the target's.")
 @click.option("--optimized", type=click.Path(dir_okay=False, path_type=str), help="Judge this already compiled model instead of compiling MODEL.")
 @click.option("--calib", metavar="PATH", help="Calibration data for the compile (lossy targets).")
 @click.option("--data", metavar="PATH", help="Evaluation data (real samples, disjoint from --calib); needed by --max-drop and --min-fidelity.")
@@ -284,7 +291,7 @@ def eval_cmd(original, optimized, data, labels, output_name, limit, input_shapes
 @input_shape_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages or bars.")
-def gate_cmd(model, target, optimized, calib, data, labels, eval_limit, max_drop, min_fidelity, min_speedup, max_latency_ms, max_size_mb, json_path, junit_path, report_path, iters, latency_rounds, strict_latency, threads, input_shapes, seed, quiet):
+def gate_cmd(model, target, recipe, optimized, calib, data, labels, eval_limit, max_drop, min_fidelity, min_speedup, max_latency_ms, max_size_mb, json_path, junit_path, report_path, iters, latency_rounds, strict_latency, threads, input_shapes, seed, quiet):
     """Exit 0 when MODEL, compiled for a target, meets every threshold; 1 when one fails; 2 on an error.
 
     Latency thresholds pass when the 95% CI of interleaved paired runs lies on the good side, fail
@@ -303,6 +310,7 @@ def gate_cmd(model, target, optimized, calib, data, labels, eval_limit, max_drop
             target,
             thresholds,
             optimized=optimized,
+            recipe=recipe,
             calibration=calib,
             data=data,
             labels=labels,
@@ -355,16 +363,29 @@ def passes_cmd(as_json):
 
 
 @main.command("targets")
-def targets_cmd():
-    """List the targets and whether each is available in this version."""
-    from onnxopt.recipes import ALL_TARGETS, available_targets, load_target
+@click.option("--recipe", "recipes", multiple=True, type=click.Path(dir_okay=False), help="Also list this recipe file (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def targets_cmd(recipes, as_json):
+    """List the built-in targets and any --recipe files: backend, precision, capabilities, availability."""
+    from dataclasses import asdict
 
-    ready = set(available_targets())
-    for target in ALL_TARGETS:
-        if target in ready:
-            click.echo(f"{target:<10} {load_target(target).get('description', '')}")
-        else:
-            click.echo(f"{target:<10} (not available yet)")
+    from onnxopt.backends import backend_availability
+    from onnxopt.targets import list_targets
+
+    rows = []
+    for target in list_targets(list(recipes)):
+        missing = backend_availability(target.backend)
+        rows.append({**asdict(target), "available": missing is None, "unavailable_because": missing})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        caps = row["capabilities"]
+        state = "" if row["available"] else f" · engine unavailable here: {row['unavailable_because']}"
+        click.echo(
+            f"{row['name']:<10} {row['backend']}/{row['precision']} · contrib_ops={str(caps['contrib_ops']).lower()} "
+            f"qdq_rules={caps['qdq_rules']}{state}\n           {row['description']}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,15 +8,16 @@ Pruning and depthwise substitution budget against these numbers, `inspect` print
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graphs import iter_graphs
-
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+from onnxopt.graphs import export_model, iter_graphs
+from onnxopt.inputs import input_specs
+from onnxopt.ops import MAC
+from onnxopt.pipeline import PassContext, get_pass  # shape inference is a pass, found through the registry
 
 
 def _shape(tensor: gs.Tensor) -> list[int] | None:
@@ -29,6 +30,8 @@ def _shape(tensor: gs.Tensor) -> list[int] | None:
 def node_macs(node: gs.Node) -> int | None:
     """MACs of one node, or None when shapes are unknown."""
     op = node.op
+    if op not in MAC:
+        return 0
     out = _shape(node.outputs[0]) if node.outputs else None
     if op in ("Conv", "ConvInteger", "QLinearConv"):
         w_index = 3 if op == "QLinearConv" else 1
@@ -101,13 +104,18 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def concrete_costs(graph: gs.Graph, input_shapes: dict | None = None) -> tuple[dict[str, Any], dict[int, int]]:
+def concrete_costs(
+    graph: gs.Graph, input_shapes: dict | None = None, infer: Callable[[gs.Graph, dict], Any] | None = None
+) -> tuple[dict[str, Any], dict[int, int]]:
     """graph_costs, and every node's MACs keyed by id(node), at concrete shapes: dynamic input dims
     take the values verification and profiling use (`input_shapes` where given, else 1). The
-    graph itself is not modified; structural passes budget against these numbers."""
-    from onnxopt.graphs import export_model
-    from onnxopt.inputs import input_specs
-    from onnxopt.pipeline import PassContext, get_pass  # shape inference is a pass, found through the registry
+    graph itself is not modified; structural passes budget against these numbers (they read them
+    as the "costs" analysis). `infer(copy, input_shapes)` annotates shapes on the copy; the
+    default is the shape-inference pass, found through the pipeline's registry."""
+    if infer is None:
+
+        def infer(copy, shapes):
+            return get_pass("shape-inference")().run(copy, PassContext(input_shapes=dict(shapes or {})))
 
     copy = graph.copy()
     shapes = {spec.name: spec.shape for spec in input_specs(export_model(graph), input_shapes)}
@@ -118,6 +126,6 @@ def concrete_costs(graph: gs.Graph, input_shapes: dict | None = None) -> tuple[d
     for tensor in copy.inputs:
         if tensor.name in shapes:
             tensor.shape = list(shapes[tensor.name])
-    get_pass("shape-inference")().run(copy, PassContext(input_shapes=dict(input_shapes or {})))
+    infer(copy, input_shapes)
     per_node = {id(orig): node_macs(twin) or 0 for orig, twin in zip(graph.nodes, copy.nodes)}
     return graph_costs(copy), per_node

@@ -9,6 +9,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from onnxopt.calibration import open_calibration
+from onnxopt.errors import CalibrationError, ConfigError
+from onnxopt.ir import load_model
+from onnxopt.runtime import make_session, run_session
+
 
 def _as_float(a: Any) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
@@ -245,8 +250,6 @@ class EvaluationResult:
 
 def load_labels(labels: Any) -> np.ndarray:
     """Class ids, one per sample: a .npy path or an array; never unpickled."""
-    from onnxopt.errors import CalibrationError
-
     if isinstance(labels, (str, os.PathLike)):
         path = Path(labels)
         if not path.is_file():
@@ -305,11 +308,6 @@ def evaluate(
     (arrays stacked on axis 0, or lists when sample shapes differ) and returns a number or a dict
     of numbers; it is called for both models and the change is reported.
     """
-    from onnxopt.calibration import open_calibration
-    from onnxopt.errors import CalibrationError, ConfigError
-    from onnxopt.ir import load_model
-    from onnxopt.runtime import make_session, run_session
-
     original_model = load_model(original)
     optimized_model = load_model(optimized)
     names = [o.name for o in original_model.graph.output]

@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
 
-from onnxopt.errors import ConfigError
+from onnxopt import stages
+from onnxopt.backends.base import batch_of
+from onnxopt.errors import ConfigError, TargetNotAvailableError
+from onnxopt.inputs import random_feeds
 from onnxopt.report import CompileReport, write_text_atomic
 
 # name -> (comparison, unit, what is measured)
@@ -227,16 +231,12 @@ def measure_latency(
     feeds: dict[str, np.ndarray],
     thresholds: dict[str, float],
     *,
-    backend: Any = None,
+    backend: Any,
     iters: int = 50,
     rounds: int = 3,
     log: Callable[[str], None] = lambda m: None,
 ) -> tuple[_PooledTiming, dict[str, tuple[str, float, float, float]]]:
-    """Rounds of interleaved paired runs, pooled, until every latency threshold is decided."""
-    if backend is None:
-        from onnxopt.backends import get_backend
-
-        backend = get_backend("ort")
+    """Rounds of interleaved paired runs on the target's backend, pooled, until every latency threshold is decided."""
     timing = _PooledTiming()
     decisions: dict[str, tuple[str, float, float, float]] = {}
     for round_index in range(max(rounds, 1)):
@@ -274,15 +274,14 @@ def run_gate(
     threads: int = 0,
     seed: int = 0,
     eval_limit: int | None = None,
+    recipe: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> GateResult:
-    """Compile `model` for `target` (or take `optimized`), measure what the thresholds need, judge."""
-    from onnxopt.evaluation import evaluate
-    from onnxopt.inputs import input_specs, random_feeds
-    from onnxopt.inspection import model_summary
-    from onnxopt.ir import load_model
+    """Compile `model` for `target` (or take `optimized`), measure what the thresholds need, judge.
 
-    say = log or (lambda message: None)
+    The compile stages run once (one load of the model). Accuracy and fidelity are measured on the
+    optimized ONNX with ONNX Runtime, so a TensorRT target is judged on them on any machine; latency
+    is timed on the target's backend, and a latency threshold its backend cannot run here is an error."""
     started = time.perf_counter()
     thresholds = thresholds or Thresholds()
     wanted = thresholds.active()
@@ -296,62 +295,54 @@ def run_gate(
     if wanted.get("min_speedup", 1.0) <= 0 or wanted.get("max_latency_ms", 1.0) <= 0 or wanted.get("max_size_mb", 1.0) <= 0:
         raise ConfigError("--min-speedup, --max-latency-ms and --max-size-mb must be positive")
 
+    say = log or (lambda message: None)
+    opts = stages.CompileOptions(
+        target=target, output=Path(output) if output is not None and optimized is None else None, calibration=calibration,
+        recipe=recipe, input_shapes=dict(input_shapes or {}), profile=False, threads=threads, seed=seed,
+        evaluation_data=data, labels=labels, metric=metric, eval_limit=eval_limit, log=say,
+    )
+    timed = [name for name in ("min_speedup", "max_latency_ms") if name in wanted]
     model_name = str(model) if not isinstance(model, onnx.ModelProto) else "model"
-    shapes = dict(input_shapes or {})
+    loaded = stages.load(model, opts)
+    backend = stages.target_backend(loaded, opts)
+    missing = backend.availability() if timed else None
+    if missing:
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in timed)
+        raise TargetNotAvailableError(
+            f"{flags} needs {backend.display_name} to time target {loaded.target}, and it cannot run here: {missing}; "
+            f"drop {flags} to judge accuracy, fidelity and size on the ONNX, or run the gate on a machine with {backend.requirement}"
+        )
     if optimized is None:
-        from onnxopt.api import compile as run_compile
-
-        say(f"compiling {model_name} for {target}")
-        compiled = run_compile(model, target=target, calibration=calibration, input_shapes=shapes, profile=False, seed=seed, output=output, save=output is not None, threads=threads, log=say)
-        original_model, optimized_model = load_model(model), compiled.model
-        report = compiled.report
+        say(f"compiling {model_name} for {loaded.target}")
+        result_of_passes = stages.optimize(loaded, opts)
         optimized_name = output
     else:
-        original_model, optimized_model = load_model(model), load_model(optimized)
+        result_of_passes = stages.given(loaded, optimized)
         optimized_name = str(optimized) if not isinstance(optimized, onnx.ModelProto) else "optimized model"
-        report = CompileReport(
-            target=target,
-            source=model_name,
-            output=optimized_name,
-            before=model_summary(original_model, input_shapes=shapes),
-            after=model_summary(optimized_model, input_shapes=shapes),
-        )
-        from onnxopt import __version__
-
-        report.version = __version__
+    exported = stages.export(loaded, result_of_passes)
+    readiness = stages.check_readiness(loaded, exported, opts)
+    evaluated = stages.evaluate_stage(loaded, exported, opts)
+    written = stages.write(exported, opts)
 
     checks: list[Check] = []
-    evaluation = None
-    if data is not None:
-        say(f"evaluating on {data}")
-        t0 = time.perf_counter()
-        result = evaluate(original_model, optimized_model, data, labels, metric, limit=eval_limit, input_shapes=shapes)
-        eval_seconds = time.perf_counter() - t0
-        evaluation = result.to_dict()
-        report.evaluation = evaluation
+    if evaluated is not None:
+        result = evaluated.result
         if "max_drop" in wanted:
-            checks.append(_drop_check(result, wanted["max_drop"], eval_seconds))
+            checks.append(_drop_check(result, wanted["max_drop"], evaluated.seconds))
         if "min_fidelity" in wanted:
             worst = min((n for n, d in result.outputs.items() if "cosine" in d), key=lambda n: result.outputs[n]["cosine"], default=None)
             detail = f"output {worst}, {result.samples} samples" if worst else "no float outputs"
-            checks.append(_check("min_fidelity", wanted["min_fidelity"], result.fidelity, eval_seconds, detail))
+            checks.append(_check("min_fidelity", wanted["min_fidelity"], result.fidelity, evaluated.seconds, detail))
 
     latency = None
-    if "min_speedup" in wanted or "max_latency_ms" in wanted:
-        specs = input_specs(original_model, shapes, report.warnings)
-        feeds = _first_sample(data, original_model, shapes) if data is not None else random_feeds(specs, seed=seed)
-        from onnxopt.backends import get_backend
-
-        say(f"timing original vs optimized, {iters} interleaved pairs per round")
+    if timed:
+        feeds = _first_sample(data, loaded.model, loaded.ctx.input_shapes) if data is not None else random_feeds(loaded.specs, seed=seed)
+        say(f"timing original vs optimized on {backend.display_name}, {iters} interleaved pairs per round")
         t0 = time.perf_counter()
-        timing, decisions = measure_latency(original_model, optimized_model, feeds, wanted, backend=get_backend("ort", threads=threads), iters=iters, rounds=latency_rounds, log=say)
+        timing, decisions = measure_latency(loaded.model, exported.model, feeds, wanted, backend=backend, iters=iters, rounds=latency_rounds, log=say)
         latency_seconds = time.perf_counter() - t0
-        batch = int(next(iter(feeds.values())).shape[0]) if feeds and next(iter(feeds.values())).ndim else 1
-        latency = timing.to_dict(batch)
-        report.latency = latency
-        for name in ("min_speedup", "max_latency_ms"):
-            if name not in decisions:
-                continue
+        latency = timing.to_dict(batch_of(feeds))
+        for name in timed:
             decision, value, low, high = decisions[name]
             passed = decision == "pass" or (decision == "inconclusive" and not strict_latency)
             unit = THRESHOLDS[name][1]
@@ -359,12 +350,14 @@ def run_gate(
             checks.append(Check(name, wanted[name], THRESHOLDS[name][0], unit, value, passed, decision, detail, latency_seconds))
 
     if "max_size_mb" in wanted:
-        checks.append(_check("max_size_mb", wanted["max_size_mb"], _size_mb(optimized_model), 0.0, f"original {_size_mb(original_model):.4g} MB"))
+        checks.append(_check("max_size_mb", wanted["max_size_mb"], _size_mb(exported.model), 0.0, f"original {_size_mb(loaded.model):.4g} MB"))
 
     order = list(THRESHOLDS)
     checks.sort(key=lambda c: order.index(c.name))
     passed = all(c.passed for c in checks)
-    result = GateResult(
+    verdict = {"passed": passed, "checks": [asdict(c) for c in checks], "failed": [c.name for c in checks if not c.passed]}
+    report = stages.assemble_report(loaded, result_of_passes, exported, written or optimized_name, readiness, evaluated, latency=latency, gate=verdict)
+    return GateResult(
         passed=passed,
         checks=checks,
         model=model_name,
@@ -372,11 +365,9 @@ def run_gate(
         optimized=optimized_name,
         seconds=time.perf_counter() - started,
         report=report,
-        evaluation=evaluation,
+        evaluation=evaluated.to_dict() if evaluated is not None else None,
         latency=latency,
     )
-    report.gate = {"passed": passed, "checks": [asdict(c) for c in checks], "failed": [c.name for c in result.failed]}
-    return result
 
 
 def _check(name: str, threshold: float, measured: float, seconds: float, detail: str = "") -> Check:

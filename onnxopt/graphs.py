@@ -12,7 +12,9 @@ from typing import Iterable
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
 
+from onnxopt import ops
 from onnxopt.errors import ModelInvalidError
 
 # gs prints folding and cleanup chatter on stdout; the CLI owns the terminal.
@@ -50,8 +52,6 @@ def _export(graph: gs.Graph, max_weight_bytes: int | None) -> onnx.ModelProto:
     """gs.export_onnx's result, built in place: gs copies every weight three times (into the
     initializer list, the GraphProto, the ModelProto) and renames the source model's own
     TensorProtos; here a weight is copied once and the source (the teacher) is left alone."""
-    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
-
     model = onnx.ModelProto()
     proto = model.graph
     proto.name = graph.name
@@ -275,6 +275,39 @@ def constant_nbytes(tensor: gs.Constant) -> int:
     return int(tensor._values.nbytes)
 
 
+
+
+def rank_of(tensor: gs.Tensor, depth: int = 0) -> int | None:
+    """The rank when known: from shape inference, else derived through the producer (a Reshape to a
+    constant shape, rank-preserving ops, broadcasting ops and MatMul, Transpose, Squeeze/Unsqueeze)."""
+    shape = tensor.shape
+    if shape is not None:
+        return len(shape)
+    maker = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    if maker is None or depth > 32 or not maker.inputs or maker.outputs[0] is not tensor:
+        return None
+    op = maker.op
+    if op == "Reshape" and isinstance(maker.inputs[1], gs.Constant):
+        return int(np.asarray(maker.inputs[1].values).size)
+    if op == "Transpose" and "perm" in maker.attrs:
+        return len(maker.attrs["perm"])
+    if op in ops.SAME_RANK:
+        return rank_of(maker.inputs[0], depth + 1)
+    if op in ops.BROADCASTING or op == "MatMul":
+        ranks = [rank_of(t, depth + 1) for t in maker.inputs if t.name]
+        if any(r is None for r in ranks):
+            return None
+        contracted = op == "MatMul" and min(ranks) == 1  # a 1-D operand's only dim is summed away
+        return max(ranks) - 1 if contracted else max(ranks)
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = maker.attrs.get("axes")
+        if axes is None and len(maker.inputs) > 1 and isinstance(maker.inputs[1], gs.Constant):
+            axes = np.asarray(maker.inputs[1].values).reshape(-1)
+        rank = rank_of(maker.inputs[0], depth + 1)
+        if axes is None or rank is None:
+            return None
+        return rank + len(axes) if op == "Unsqueeze" else rank - len(axes)
+    return None
 
 
 class FreshNames:

@@ -18,10 +18,9 @@ from onnxopt.evaluation import output_difference, outputs_match
 from onnxopt.graphs import constant_nbytes, export_model, iter_graphs
 from onnxopt.inputs import input_specs, random_feeds
 from onnxopt.ir import model_size_bytes
+from onnxopt.ops import NONDETERMINISTIC
 from onnxopt.pipeline import Instrument, Pass, PassContext, PassRecord
 from onnxopt.runtime import run_model
-
-NONDETERMINISTIC_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 class CheckerInstrument(Instrument):
@@ -59,8 +58,8 @@ class Verifier:
         self.reference: dict[str, Any] | None = None
         self.feeds: dict[str, Any] = {}
         ops = {n.op_type for n in original.graph.node}
-        if ops & NONDETERMINISTIC_OPS:
-            self.skipped = f"the model has random ops ({', '.join(sorted(ops & NONDETERMINISTIC_OPS))})"
+        if ops & NONDETERMINISTIC:
+            self.skipped = f"the model has random ops ({', '.join(sorted(ops & NONDETERMINISTIC))})"
             return
         try:
             self.feeds = random_feeds(input_specs(original, ctx.input_shapes, ctx.warnings), seed=ctx.seed)

@@ -20,29 +20,20 @@ import onnx.external_data_helper as exdata
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelInvalidError, ModelLoadError, UnsafePathError
-from onnxopt.validation import check_weight_payloads, left_out_tensors, tensor_nbytes, validate_shapes, validate_structure, weightless_copy
+from onnxopt.validation import (
+    check_weight_payloads,
+    iter_tensors,
+    left_out_tensors,
+    tensor_nbytes,
+    validate_shapes,
+    validate_structure,
+    weightless_copy,
+)
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave headroom under the hard protobuf limit: serialisation overhead is not in the tensor bytes.
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 MIN_OPSET = 7
-
-
-def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto in a graph, its nested subgraphs and node attributes included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from iter_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from iter_tensors(sub)
 
 
 def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 import time
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError, OnnxoptError, PassError
+from onnxopt.targets import Target, target_of
 
 
 @dataclass
@@ -31,13 +33,15 @@ class PassResult:
 class PassContext:
     """What passes may read and share: target, data, seed, cached analyses and artifacts.
 
+    `target` is a Target (onnxopt.targets): passes decide by its capabilities, never its name.
+
     `teacher` is the original model (the reference for lossy passes); `calibration` is a
     re-iterable CalibrationData of feed dicts or None; `artifacts` carries results from one pass
     to a later one (quantization scales, pruning decisions), and keys starting with "report:"
     land in the compile report; `options` holds compile-level knobs (e.g. max_drop).
     """
 
-    target: str = "ort-fp32"
+    target: Target | str = "ort-fp32"  # a Target; a built-in target's name is turned into one
     teacher: onnx.ModelProto | None = None
     calibration: Any = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -47,14 +51,38 @@ class PassContext:
     options: dict[str, Any] = field(default_factory=dict)  # compile-level knobs, e.g. max_drop
     _analyses: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        self.target = target_of(self.target)
+
+    analysis_seconds: dict[str, float] = field(default_factory=dict, repr=False)  # computed since the last read
+    _required: dict[str, tuple[gs.Graph, Any]] = field(default_factory=dict, repr=False)
+
     def analysis(self, key: str, compute: Callable[[], Any]) -> Any:
         """A graph-derived result cached until a pass reports a change."""
         if key not in self._analyses:
             self._analyses[key] = compute()
         return self._analyses[key]
 
+    def require(self, name: str, graph: gs.Graph) -> Any:
+        """A registered analysis of `graph` ("shapes", "costs", ...): cached, computed and timed on first use.
+
+        Passes declare what they need in `requires` and the PassManager provides it before they run;
+        a pass that changes the graph midway calls `invalidate()` and asks again."""
+        cached = self._required.get(name)
+        if cached is not None and cached[0] is graph:
+            return cached[1]
+        compute = get_analysis(name)
+        for dependency in ANALYSIS_REQUIRES.get(name, ()):
+            self.require(dependency, graph)
+        start = time.perf_counter()
+        value = compute(graph, self)
+        self.analysis_seconds[name] = self.analysis_seconds.get(name, 0.0) + time.perf_counter() - start
+        self._required[name] = (graph, value)
+        return value
+
     def invalidate(self) -> None:
         self._analyses.clear()
+        self._required.clear()
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -77,6 +105,8 @@ class Pass:
     exact: ClassVar[bool] = True
     Config: ClassVar[type] = EmptyConfig
     description: ClassVar[str] = ""
+    # Analyses the pass reads through ctx.require(name, graph); the manager provides them before run.
+    requires: ClassVar[tuple[str, ...]] = ()
     # Set from a recipe's `only_if_ops`: the manager skips the pass unless the graph holds one of these ops.
     only_if_ops: frozenset[str] = frozenset()
 
@@ -188,6 +218,22 @@ def option(default: Any = None, help: str = "", default_factory: Callable[[], An
 
 
 _REGISTRY: dict[str, type[Pass]] = {}
+# name -> compute(graph, ctx): graph-derived results passes declare in `requires`; filled by onnxopt.passes
+_ANALYSES: dict[str, Callable[[gs.Graph, PassContext], Any]] = {}
+ANALYSIS_REQUIRES: dict[str, tuple[str, ...]] = {}
+
+
+def register_analysis(name: str, compute: Callable[[gs.Graph, PassContext], Any], requires: tuple[str, ...] = ()) -> None:
+    """Make an analysis available to `Pass.requires` and `ctx.require(name, graph)`."""
+    _ANALYSES[name] = compute
+    ANALYSIS_REQUIRES[name] = tuple(requires)
+
+
+def get_analysis(name: str) -> Callable[[gs.Graph, PassContext], Any]:
+    _ensure_passes_loaded()
+    if name not in _ANALYSES:
+        raise ConfigError(f"unknown analysis {name!r}; registered: {', '.join(sorted(_ANALYSES)) or '(none)'}")
+    return _ANALYSES[name]
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -231,6 +277,7 @@ class PassRecord:
     nodes_after: int
     stats: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
+    analyses: dict[str, float] = field(default_factory=dict)  # seconds spent on analyses this pass needed
 
 
 class Instrument:
@@ -263,19 +310,25 @@ class PassManager:
             for inst in self.instruments:
                 inst.before_pass(p, graph, ctx)
             before = node_count(graph)
-            start = time.perf_counter()
+            ctx.analysis_seconds = {}
             try:
+                for name in p.requires:
+                    ctx.require(name, graph)
+                provided = sum(ctx.analysis_seconds.values())
+                start = time.perf_counter()
                 result = p.run(graph, ctx)
+                seconds = time.perf_counter() - start
             except OnnxoptError:
                 raise
             except Exception as exc:
                 raise PassError(f"pass {p.name} failed: {type(exc).__name__}: {exc}") from exc
-            seconds = time.perf_counter() - start
+            analyses, ctx.analysis_seconds = ctx.analysis_seconds, {}
+            seconds -= sum(analyses.values()) - provided  # analyses asked for midway count as analyses, not pass time
             if not isinstance(result, PassResult):
                 raise PassError(f"pass {p.name} returned {type(result).__name__}, not PassResult")
             if result.changed:
                 ctx.invalidate()
-            record = PassRecord(p.name, p.exact, result.changed, seconds, before, node_count(graph), result.stats)
+            record = PassRecord(p.name, p.exact, result.changed, seconds, before, node_count(graph), result.stats, analyses=analyses)
             for inst in self.instruments:
                 inst.after_pass(p, graph, ctx, record)
             records.append(record)

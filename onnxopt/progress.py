@@ -48,8 +48,17 @@ def _noop(amount: int = 1) -> None:
 
 
 def _start():
+    # rich costs a tenth of a second at start-up; loaded only when a bar is shown
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = _state["console"] or Console(stderr=True)
     bar = Progress(

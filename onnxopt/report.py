@@ -1,19 +1,30 @@
 """CompileReport: what the compile did, how the model changed, how latency moved. JSON and text.
 
-`save` picks the format by the file's suffix: .html (report_html: one self-contained page with
-charts), .md (report_md: a pull-request comment), anything else JSON.
+`save` picks the format by the file's suffix from RENDERERS: the rendering modules register
+themselves there (.html: report_html, one self-contained page with charts; .md: report_md, a
+pull-request comment); anything else is JSON. The renderers import this module, never the
+reverse; `onnxopt` imports them when it is imported, so every suffix is known.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnxopt.ir import write_bytes_atomic
 from onnxopt.pipeline import PassRecord
+
+# suffix -> function rendering a report as text; filled by the rendering modules on import
+RENDERERS: dict[str, Callable[[CompileReport], str]] = {}
+
+
+def register_renderer(suffixes: tuple[str, ...], render: Callable[[CompileReport], str]) -> None:
+    for suffix in suffixes:
+        RENDERERS[suffix] = render
 
 
 @dataclass
@@ -114,16 +125,8 @@ class CompileReport:
         return lines
 
     def save(self, path: str | os.PathLike) -> Path:
-        suffix = Path(path).suffix.lower()
-        if suffix in (".html", ".htm"):
-            from onnxopt.report_html import render_html
-
-            return write_text_atomic(path, render_html(self))
-        if suffix in (".md", ".markdown"):
-            from onnxopt.report_md import render_markdown
-
-            return write_text_atomic(path, render_markdown(self))
-        return write_text_atomic(path, self.to_json() + "\n")
+        render = RENDERERS.get(Path(path).suffix.lower())
+        return write_text_atomic(path, render(self) if render is not None else self.to_json() + "\n")
 
 
 def pass_counts(passes: list[PassRecord]) -> str:

@@ -13,9 +13,10 @@ import html
 import json
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from onnxopt.report import CompileReport, pass_counts
+from onnxopt.report import CompileReport, pass_counts, register_renderer
 
 ORIGINAL = "#94a3b8"
 OPTIMIZED = "#4f46e5"
@@ -404,6 +405,42 @@ def _latency_section(report: CompileReport) -> str:
     return f'<h2>Latency</h2><div class="row"><div class="panel">{bars}</div><div class="panel">{interval}{note}</div></div>'
 
 
+def _engine_section(report: CompileReport) -> str:
+    """What the backend built: the engine, its latency on the device, its fidelity, its layers; and readiness findings."""
+    parts = []
+    check = report.trt_check
+    if check is not None:
+        findings = check.get("findings", [])
+        state = "clean" if not findings else f"{check.get('errors', 0)} error(s), {check.get('warnings', 0)} warning(s)"
+        rows = [{"severity": f.get("severity"), "code": f.get("code"), "node": f.get("node"), "message": f.get("message")} for f in findings]
+        parts.append(f'<div class="panel"><h3>TensorRT readiness: {esc(state)}</h3>{record_table(rows) if rows else ""}</div>')
+    engine = report.engine
+    if engine:
+        lat = engine.get("latency") or {}
+        facts = [
+            ("engine", engine.get("path") or "(in memory)"),
+            ("size", _mb(engine.get("bytes"))),
+            ("precision", engine.get("precision")),
+            ("built in", f"{num(engine.get('build_seconds'))} s on {engine.get('device', '?')} (TensorRT {engine.get('tensorrt_version', '?')})"),
+        ]
+        if lat:
+            facts.append(("latency", f"p50 {num(lat.get('p50_ms'))} ms · p90 {num(lat.get('p90_ms'))} ms · p99 {num(lat.get('p99_ms'))} ms · {num(lat.get('throughput'), 1)} samples/s ({lat.get('iterations')} runs, CUDA events)"))
+        fid = engine.get("fidelity")
+        if fid:
+            facts.append(("vs onnxruntime", f"min cosine {num(fid.get('min_cosine'), 6)} · max relative error {num(fid.get('max_rel_error'))}"))
+        summary = engine.get("layer_summary") or {}
+        if summary:
+            by_precision = ", ".join(f"{k} {v}" for k, v in summary.get("by_precision", {}).items())
+            facts.append(("layers", f"{summary.get('engine_layers')} from {summary.get('onnx_nodes')} ONNX nodes ({summary.get('fused_layers')} fused) · {by_precision}"))
+        table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)
+        layers = [
+            {"layer": r.get("name"), "type": r.get("type"), "precision": r.get("precision"), "ms per run": r.get("ms_per_run"), "share": r.get("share"), "fused": r.get("fused")}
+            for r in engine.get("layers", [])
+        ]
+        parts.append(f'<div class="panel"><h3>Engine</h3><table>{table}</table>{record_table(layers) if layers else ""}</div>')
+    return "<h2>Backend</h2>" + "".join(parts) if parts else ""
+
+
 def _op_section(report: CompileReport) -> str:
     breakdown = report.op_breakdown
     if not breakdown:
@@ -546,6 +583,7 @@ def render_html(report: CompileReport) -> str:
         _cards(report),
         _gate_section(report),
         _latency_section(report),
+        _engine_section(report),
         _op_section(report),
         _evaluation_section(report),
         _passes_section(report),
@@ -563,3 +601,6 @@ def render_html(report: CompileReport) -> str:
         + f'<footer>onnxopt {esc(report.version)} · generated {esc(time.strftime("%Y-%m-%d %H:%M:%S"))} · a self-contained page: no scripts, no network.</footer>'
         "</main></body></html>\n"
     )
+
+
+register_renderer((".html", ".htm"), render_html)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxopt.report import CompileReport, pass_counts
+from onnxopt.report import CompileReport, pass_counts, register_renderer
 from onnxopt.report_html import num
 
 
@@ -89,6 +89,8 @@ def render_markdown(report: CompileReport) -> str:
         )
         lines += ["", "</details>"]
 
+    lines += _engine_lines(report)
+
     if report.op_breakdown:
         before = {r["op_type"]: r for r in report.op_breakdown.get("original", [])}
         after = {r["op_type"]: r for r in report.op_breakdown.get("optimized", [])}
@@ -120,6 +122,40 @@ def render_markdown(report: CompileReport) -> str:
     return "\n".join(lines)
 
 
+def _engine_lines(report: CompileReport) -> list[str]:
+    """The backend's part: TensorRT readiness findings, and the engine when one was built."""
+    lines: list[str] = []
+    check = report.trt_check
+    if check is not None:
+        findings = check.get("findings", [])
+        state = "clean" if not findings else f"{check.get('errors', 0)} error(s), {check.get('warnings', 0)} warning(s)"
+        lines += ["", f"TensorRT readiness: {state}"]
+        if findings:
+            lines += [""] + _table(["severity", "code", "node", "message"], [[f.get("severity"), f.get("code"), f.get("node") or "", f.get("message")] for f in findings])
+    engine = report.engine
+    if not engine:
+        return lines
+    rows = [["engine", f"`{engine.get('path') or '(in memory)'}`"], ["size", f"{engine.get('bytes', 0) / 1e6:.2f} MB"], ["precision", engine.get("precision")],
+            ["built in", f"{num(engine.get('build_seconds'))} s on {engine.get('device', '?')} (TensorRT {engine.get('tensorrt_version', '?')})"]]
+    lat = engine.get("latency")
+    if lat:
+        rows.append(["latency", f"p50 {num(lat.get('p50_ms'))} ms · p90 {num(lat.get('p90_ms'))} ms · p99 {num(lat.get('p99_ms'))} ms · {num(lat.get('throughput'), 1)} samples/s"])
+    fid = engine.get("fidelity")
+    if fid:
+        rows.append(["vs onnxruntime", f"min cosine {num(fid.get('min_cosine'), 6)}, max relative error {num(fid.get('max_rel_error'))}"])
+    summary = engine.get("layer_summary") or {}
+    if summary:
+        rows.append(["layers", f"{summary.get('engine_layers')} from {summary.get('onnx_nodes')} ONNX nodes ({summary.get('fused_layers')} fused)"])
+    lines += ["", "**Engine**", ""] + _table(["", ""], rows)
+    timed = [r for r in engine.get("layers", []) if "ms_per_run" in r][:10]
+    if timed:
+        lines += ["", "<details><summary>Slowest engine layers</summary>", ""]
+        lines += _table(["layer", "type", "precision", "ms/run", "share"],
+                        [[f"`{r['name']}`", r.get("type") or "", r.get("precision") or "", num(r["ms_per_run"], 4), f"{r.get('share', 0) * 100:.1f}%"] for r in timed], "lllrr")
+        lines += ["", "</details>"]
+    return lines
+
+
 def _artifact(value: Any) -> list[str]:
     """Records as a table (first 30 rows), a flat mapping as key/value rows, anything else as JSON."""
     import json
@@ -136,3 +172,6 @@ def _artifact(value: Any) -> list[str]:
     if isinstance(value, dict):
         return _table(["key", "value"], [[k, num(v, 4) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)] for k, v in value.items()])
     return ["```", json.dumps(value, indent=1, default=str)[:3000], "```"]
+
+
+register_renderer((".md", ".markdown"), render_markdown)

@@ -24,8 +24,10 @@ from typing import Iterator
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnxopt.errors import ModelInvalidError
+from onnxopt.ops import CONV
 
 SKELETON_BYTES = 1 << 10  # initializers above this become typed inputs in the weightless copy (shape constants are far smaller)
 _CHUNK = 1 << 22
@@ -275,7 +277,7 @@ def _check_sizes(shapes, limit: int) -> None:
 def _check_channels(model: onnx.ModelProto, shapes) -> None:
     """Conv/ConvTranspose weights and biases against the input's channels (onnx's inference skips this)."""
     for index, node in enumerate(model.graph.node):
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in CONV or len(node.input) < 2:
             continue
         x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
         if x is None or w is None or len(x[0]) < 2 or len(w[0]) < 2 or x[0][1] is None or None in w[0]:
@@ -337,8 +339,6 @@ def validate_structure(model: onnx.ModelProto) -> None:
 
 def _onnxruntime_loads(model: onnx.ModelProto) -> bool | None:
     """Whether onnxruntime accepts the model's types and shapes; None when it lacks one of its ops."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -370,10 +370,25 @@ def validate_shapes(model: onnx.ModelProto, memory_limit: int | None = None) -> 
     _check_sizes(shapes, memory_limit or physical_memory_bytes())
 
 
+def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto in a graph, its nested subgraphs and node attributes included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from iter_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from iter_tensors(sub)
+
+
 def nonfinite_tensors(model: onnx.ModelProto) -> list[str]:
     """Names of float initializers and Constant values holding NaN or Inf, read in place without copies."""
-    from onnxopt.ir import iter_tensors
-
     found = []
     for tensor in iter_tensors(model.graph):
         if tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):

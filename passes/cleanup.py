@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import annotate_shapes, bypass, const_value, constant_nbytes, export_skeleton, iter_graphs, node_count, replace_uses
-from onnxopt.instruments import NONDETERMINISTIC_OPS
+from onnxopt.ops import NONDETERMINISTIC as NONDETERMINISTIC_OPS
 from onnxopt.passes.dim_symbols import unify_dim_symbols
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 from onnxopt.validation import SKELETON_BYTES

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.costs import concrete_costs
 from onnxopt.errors import ConfigError
 from onnxopt.graphs import FreshNames, export_model
-from onnxopt.passes.reconstruct import LayerTarget, input_grams, refit_layers
-from onnxopt.pipeline import Pass, PassContext, PassResult, get_pass, option, register_pass
+from onnxopt.passes.reconstruct import LayerTarget, input_grams
+from onnxopt.passes.structural import StructuralPass
+from onnxopt.pipeline import PassContext, PassResult, option, register_pass
 
 DEFAULT_MAX_ERROR = 0.1
 
@@ -275,11 +275,10 @@ def _candidates(graph: gs.Graph, cfg: DepthwiseConfig) -> list[gs.Node]:
 
 
 @register_pass
-class DepthwiseSeparable(Pass):
+class DepthwiseSeparable(StructuralPass):
     """KxK Conv -> depthwise KxK + pointwise 1x1 (or Kx1 + 1xK), chosen per layer, refit against the teacher."""
 
     name = "depthwise-separable"
-    exact = False
     Config = DepthwiseConfig
     description = "replace KxK convs by depthwise + pointwise convs (rank-m SVD per input channel) where MACs fall; refit by least squares"
 
@@ -289,9 +288,8 @@ class DepthwiseSeparable(Pass):
             raise ConfigError(f"depthwise-separable: max_error must be >= 0, got {cfg.max_error}")
         if cfg.flops_target is not None and not 0.0 < cfg.flops_target <= 1.0:
             raise ConfigError(f"depthwise-separable: flops_target is the fraction of MACs to keep, in (0, 1]; got {cfg.flops_target}")
-        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
-        before, node_macs = concrete_costs(graph, ctx.input_shapes)
-        calibration = ctx.calibration.take(cfg.calib_samples) if ctx.calibration is not None else None
+        before, node_macs = self.costs_before(graph, ctx)
+        calibration = self.sample(ctx)
         if calibration is None:
             ctx.warn("depthwise-separable: no calibration data, so errors are measured on the weights and nothing is refit; pass --calib DATA")
         convs = [c for c in _candidates(graph, cfg) if node_macs.get(id(c))]
@@ -311,13 +309,12 @@ class DepthwiseSeparable(Pass):
         else:
             chosen = choose_by_error(forms, DEFAULT_MAX_ERROR if cfg.max_error is None else cfg.max_error)
         if not chosen:
-            ctx.artifacts["report:depthwise-separable"] = self._report([], before, before, {})
+            self.publish(ctx, self._report([], before, before, {}))
             return PassResult(changed=False, stats={"substituted": 0})
 
-        reference_before = export_model(graph) if cfg.reconstruct and calibration is not None else None
+        reference_before = self.reference_before(graph, calibration)
         fresh = FreshNames(graph)
         layers, targets = [], []
-        teacher_tensors = {o for n in ctx.teacher.graph.node for o in n.output} if ctx.teacher is not None else set()
         for key, form in chosen.items():
             conv = by_id[key]
             name, out, shape = conv.name, conv.outputs[0].name, conv.inputs[1].values.shape
@@ -326,17 +323,12 @@ class DepthwiseSeparable(Pass):
                            "macs_before": node_macs[key], "macs_after": form.macs, "params_before": int(np.prod(shape)),
                            "params_after": form.params, "error": round(form.error, 4)})
             if reference_before is not None:
-                reference = ctx.teacher if out in teacher_tensors else reference_before
+                reference = self.reference_for(out, ctx, reference_before)
                 targets.append(LayerTarget(second, reference, out, None, int(shape[0]), reference_before))
         graph.cleanup().toposort()
-        fits = []
-        if targets:
-            order = {id(n): i for i, n in enumerate(graph.nodes)}
-            targets.sort(key=lambda t: order[id(t.node)])
-            fits = refit_layers(graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed)
-        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
-        after, _ = concrete_costs(graph, ctx.input_shapes)
-        ctx.artifacts["report:depthwise-separable"] = self._report(layers, before, after, {f["layer"]: f for f in fits})
+        fits = self.refit(graph, targets, calibration, ctx) if targets else []
+        after = self.costs_after(graph, ctx)
+        self.publish(ctx, self._report(layers, before, after, {f["layer"]: f for f in fits}))
         return PassResult(changed=True, stats={"substituted": len(layers), "macs_before": before["macs"], "macs_after": after["macs"], "layers_refit": len(fits)})
 
     def _batches(self, convs: list[gs.Node]):

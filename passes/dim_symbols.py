@@ -24,11 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxopt.graphs import tensor_dims
-
-ELEMENTWISE = frozenset(
-    {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "Greater",
-     "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu", "BitShift"}
-)
+from onnxopt.ops import BROADCASTING
 
 
 def unify_dim_symbols(model: onnx.ModelProto) -> int:
@@ -69,7 +65,7 @@ def unify_dim_symbols(model: onnx.ModelProto) -> int:
             position, symbol = _reshape_free_dim(dims_of(node.input[0]), out, numpy_helper.to_array(constants[node.input[1]]))
             if symbol is not None:
                 merge(out[position], symbol)
-        elif node.op_type in ELEMENTWISE:
+        elif node.op_type in BROADCASTING:
             inputs = [dims_of(name) for name in node.input if name]
             if any(d is None or len(d) != len(out) for d in inputs):
                 continue

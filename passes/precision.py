@@ -36,18 +36,14 @@ import onnx_graphsurgeon as gs
 from onnxopt.evaluation import output_difference
 from onnxopt.graphs import FreshNames, export_model, has_subgraph, iter_graphs
 from onnxopt.inputs import input_specs, random_feeds
+from onnxopt.ops import ACCUMULATING_REDUCE, TYPE_FROM_ATTRIBUTE
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 from onnxopt.runtime import make_session, run_session
 
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_MIN_NORMAL = 2.0**-14  # below it float16 is subnormal (fewer digits) and under 2**-24 zero
 
-REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp")
-DEFAULT_BLOCK_OPS = REDUCTIONS + ("Range", "CumSum", "TopK", "NonMaxSuppression", "RoiAlign")
-TYPE_FROM_ATTRIBUTE = {
-    "Cast", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomNormalLike", "RandomUniform",
-    "RandomUniformLike", "Multinomial", "Bernoulli", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-}
+DEFAULT_BLOCK_OPS = tuple(sorted(ACCUMULATING_REDUCE)) + ("Range", "CumSum", "TopK", "NonMaxSuppression", "RoiAlign")
 KEEP_FLOAT32_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
 
 
@@ -306,7 +302,7 @@ class ConvertFloat16(Pass):
             for j in outputs:
                 node.outputs[j].dtype = np.float16
 
-        for k, out in enumerate(list(graph.outputs)):
+        for out in list(graph.outputs):
             if id(out) not in converted:
                 continue
             half = gs.Variable(fresh(f"{out.name}_fp16"), dtype=np.float16, shape=out.shape)

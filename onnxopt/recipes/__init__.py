@@ -51,7 +51,7 @@ def parse_recipe(text: str, where: str) -> dict[str, Any]:
         recipe = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML: {exc}") from None
-    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit", "structural_before", "engine"}
+    allowed = {"name", "description", "backend", "precision", "passes", "verify", "profile", "emit", "structural_before", "engine", "capabilities"}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(allowed))}")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.graphs import rank_of
 from onnxopt.passes.fusion.channels import conv_weight, fold_affine, out_channels
-from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, present, rank_of
+from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, present
 from onnxopt.pipeline import register_pass
 
 
@@ -38,11 +39,16 @@ class FoldConvBatchNorm(Rule):
 
     def check(self, conv, bn):
         weight = conv_weight(self, conv)
+        if weight is None:
+            return self.refuse("weight not a constant float filter of its own")
         affine = bn_affine(self, bn)
-        return weight is not None and affine is not None and bn.inputs[0] is conv.outputs[0] and len(affine[0]) == out_channels(conv, weight)
+        if affine is None:
+            return self.refuse("BatchNormalization not in inference mode with constant parameters")
+        if bn.inputs[0] is not conv.outputs[0] or len(affine[0]) != out_channels(conv, weight):
+            return self.refuse("BatchNormalization does not normalize the conv's output channels")
+        return self.accept(scale=affine[0], shift=affine[1])
 
-    def rewrite(self, conv, bn):
-        scale, shift = bn_affine(self, bn)
+    def rewrite(self, conv, bn, scale, shift):
         fold_affine(self, conv, scale, shift)
         self.absorb(conv, bn)
 

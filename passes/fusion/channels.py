@@ -10,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.ops import CONV
 from onnxopt.passes.fusion.rules import Rule, is_float, present
-
-CONV_OPS = ("Conv", "ConvTranspose")
 
 
 def conv_weight(rule: Rule, conv: gs.Node) -> np.ndarray | None:
     """The filters of a conv we may rewrite: constant, float, used by this node alone."""
-    if conv.op not in CONV_OPS or len(conv.inputs) < 2 or len(conv.outputs) != 1:
+    if conv.op not in CONV or len(conv.inputs) < 2 or len(conv.outputs) != 1:
         return None
     weight = rule.const(conv.inputs[1], exclusive=True)
     if not is_float(weight) or weight.ndim < 3:

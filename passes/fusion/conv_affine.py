@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.passes.fusion.channels import CONV_OPS, conv_rank, conv_weight, fold_affine, out_channels, per_channel
+from onnxopt.ops import CONV
+from onnxopt.passes.fusion.channels import conv_rank, conv_weight, fold_affine, out_channels, per_channel
 from onnxopt.passes.fusion.rules import Rule, RulePass, other_input
 from onnxopt.pipeline import register_pass
 
@@ -51,7 +52,7 @@ def _rule(conv_op: str, op: str) -> type[Rule]:
     return type(f"Fold{conv_op}{op}", (_FoldConvArithmetic,), {"pattern": (conv_op, op), "__doc__": f"{conv_op} -> {op} by a per-channel constant."})
 
 
-CONV_AFFINE_RULES = tuple(_rule(conv_op, op) for conv_op in CONV_OPS for op in ("Mul", "Add", "Sub", "Div"))
+CONV_AFFINE_RULES = tuple(_rule(conv_op, op) for conv_op in sorted(CONV) for op in ("Mul", "Add", "Sub", "Div"))
 
 
 @register_pass

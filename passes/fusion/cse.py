@@ -15,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graphs import has_subgraph, iter_graphs, merge_tensors, node_count
-from onnxopt.instruments import NONDETERMINISTIC_OPS
+from onnxopt.ops import NONDETERMINISTIC
 from onnxopt.passes.fusion.rules import remove
 from onnxopt.pipeline import Pass, PassContext, PassResult, register_pass
 
@@ -67,7 +67,7 @@ def eliminate_common_subexpressions(graph: gs.Graph) -> int:
     merged = 0
     graph.toposort(recurse_subgraphs=False)
     for node in list(graph.nodes):
-        if node.op in NONDETERMINISTIC_OPS or has_subgraph(node) or not node.outputs or not all(t.name for t in node.outputs):
+        if node.op in NONDETERMINISTIC or has_subgraph(node) or not node.outputs or not all(t.name for t in node.outputs):
             continue
         try:
             key = keys.node(node)

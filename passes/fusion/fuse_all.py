@@ -7,6 +7,7 @@ than running each theme once, and one graph walk per round costs less than one p
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
@@ -72,10 +73,11 @@ class Fusion(Pass):
         before = node_count(graph)
         opset_before = int(graph.opset)
         stats: dict[str, int] = {}
+        refused: Counter = Counter()
         for _ in range(max(self.config.max_rounds, 1)):
             if self.config.raise_opset:
                 raise_opset_for(graph, rules, ctx)
-            counts = apply_rules(graph, rules, ctx)
+            counts = apply_rules(graph, rules, ctx, refused=refused)
             for key, value in counts.items():
                 stats[key] = stats.get(key, 0) + value
             merged = sum(eliminate_common_subexpressions(sub) for sub in list(iter_graphs(graph))) if self.config.cse else 0
@@ -86,4 +88,7 @@ class Fusion(Pass):
         if int(graph.opset) != opset_before:
             stats["opset"] = int(graph.opset)
         stats = dict(sorted(stats.items()))
-        return PassResult(changed=bool(stats) or node_count(graph) != before, stats=stats)
+        changed = bool(stats) or node_count(graph) != before
+        if refused:
+            stats["refused"] = dict(sorted(refused.items()))
+        return PassResult(changed=changed, stats=stats)

@@ -30,8 +30,9 @@ def close(value: float | None, want: float, rtol: float = 1e-5) -> bool:
     return value is not None and abs(value - want) <= rtol * abs(want)
 
 
-def ort_target(ctx) -> bool:
-    return str(ctx.target).startswith("ort")
+def may_use_contrib_ops(ctx) -> bool:
+    """The target's runtime runs ONNX Runtime's com.microsoft ops (a capability, not a name)."""
+    return ctx.target.contrib_ops
 
 
 class _FuseGelu(Rule):
@@ -41,7 +42,7 @@ class _FuseGelu(Rule):
     contrib_op = "Gelu"
 
     def required_opset(self) -> int:
-        return 0 if ort_target(self.ctx) else GELU_OPSET
+        return 0 if may_use_contrib_ops(self.ctx) else GELU_OPSET
 
     def scalar(self, node, tensor) -> float | None:
         return scalar_of(self.const(other_input(node, tensor)))
@@ -74,7 +75,7 @@ class _FuseGelu(Rule):
     def check(self, x, *nodes):
         if self.opset >= GELU_OPSET:
             return True
-        return ort_target(self.ctx) and x.dtype is not None and np.dtype(x.dtype) == np.float32
+        return may_use_contrib_ops(self.ctx) and x.dtype is not None and np.dtype(x.dtype) == np.float32
 
     def rewrite(self, x, *nodes):
         if self.opset >= GELU_OPSET:

@@ -8,7 +8,8 @@ when the bias is not constant, or when the bias would broadcast the result to a 
 
 from __future__ import annotations
 
-from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, other_input, rank_of
+from onnxopt.graphs import rank_of
+from onnxopt.passes.fusion.rules import Rule, RulePass, is_float, other_input
 from onnxopt.pipeline import register_pass
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.passes.fusion.rules import Rule, RulePass, rank_of, remove, static_shape
+from onnxopt.graphs import rank_of
+from onnxopt.ops import RESHAPE_LIKE
+from onnxopt.passes.fusion.rules import Rule, RulePass, remove, static_shape
 from onnxopt.pipeline import register_pass
-
-RESHAPE_LIKE = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 def perm_of(node) -> list[int] | None:
@@ -75,7 +75,7 @@ class _SkipBeforeReshape(Rule):
 
 SKIP_BEFORE_RESHAPE = tuple(
     type(f"Skip{op}BeforeReshape", (_SkipBeforeReshape,), {"pattern": (op, "Reshape"), "__doc__": _SkipBeforeReshape.__doc__})
-    for op in RESHAPE_LIKE
+    for op in sorted(RESHAPE_LIKE)
 )
 
 
@@ -123,7 +123,7 @@ class _StaticReshapeChain(Rule):
 
 STATIC_CHAINS = tuple(
     type(f"Static{a}{b}", (_StaticReshapeChain,), {"pattern": (a, b), "__doc__": _StaticReshapeChain.__doc__})
-    for a in RESHAPE_LIKE for b in ("Flatten", "Squeeze", "Unsqueeze")
+    for a in sorted(RESHAPE_LIKE) for b in ("Flatten", "Squeeze", "Unsqueeze")
 )
 
 def dim_refs(rule: Rule, tensor, depth: int = 0) -> list | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxopt.graphs import rank_of
 from onnxopt.passes.fusion.layout import perm_of
-from onnxopt.passes.fusion.rules import Rule, RulePass, present, rank_of, static_shape
+from onnxopt.passes.fusion.rules import Rule, RulePass, present, static_shape
 from onnxopt.pipeline import register_pass
 
 INT64_MAX = np.iinfo(np.int64).max

@@ -16,8 +16,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import defs, version_converter
 
-from onnxopt.graphs import constant_nbytes, export_skeleton, import_graph, iter_graphs, replace_uses
-from onnxopt.passes.fusion.rules import rank_of
+from onnxopt.graphs import constant_nbytes, export_skeleton, import_graph, iter_graphs, rank_of, replace_uses
+from onnxopt.ops import SOFTMAX as SOFTMAX_FAMILY
 from onnxopt.pipeline import PassContext
 from onnxopt.validation import SKELETON_BYTES
 
@@ -61,9 +61,6 @@ def _set_default_opset(graph: gs.Graph, version: int) -> None:
         for opset in graph.import_domains:
             if opset.domain in ("", "ai.onnx"):
                 opset.version = version
-
-
-SOFTMAX_FAMILY = ("Softmax", "LogSoftmax", "Hardmax")
 
 
 def _last_axis_softmax_to_minus_one(graph: gs.Graph) -> None:

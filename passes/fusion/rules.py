@@ -24,14 +24,46 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graphs import FreshNames, has_subgraph, iter_graphs, merge_tensors, node_count
+from onnxopt.passes.fusion.opset import raise_opset
 from onnxopt.pipeline import Pass, PassContext, PassResult, option
 
 FLOAT_KINDS = "f"
 NEVER = 10**9  # required_opset() of a rule that is off for this target
 
 
+class Refused:
+    """A check's "no" with the reason (falsy): the rule pass counts reasons in its stats["refused"]."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Refused({self.reason!r})"
+
+
+class Accepted:
+    """A check's "yes" carrying what it computed, handed to `rewrite` as keyword arguments."""
+
+    __slots__ = ("facts",)
+
+    def __init__(self, facts: dict[str, Any]):
+        self.facts = facts
+
+    def __bool__(self) -> bool:
+        return True
+
+
 class Rule:
     """One local rewrite. Subclasses set `pattern` and implement `check` and `rewrite`.
+
+    `check` answers True/False, or `self.refuse("why")` (counted in the pass stats), or
+    `self.accept(name=value, ...)` whose values `rewrite` receives as keyword arguments, so
+    nothing check computed is computed again.
 
     `self.graph` is the graph being rewritten and `self.ctx` the pass context. Override `match`
     for patterns that are not a plain chain (LayerNorm, GELU); it returns the matched nodes or None.
@@ -66,8 +98,16 @@ class Rule:
             nodes.append(nxt)
         return nodes if all(not has_subgraph(n) for n in nodes) else None
 
-    def check(self, *nodes: gs.Node) -> bool:  # pragma: no cover - abstract
+    def check(self, *nodes: gs.Node) -> bool | Refused | Accepted:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @staticmethod
+    def refuse(reason: str) -> Refused:
+        return Refused(reason)
+
+    @staticmethod
+    def accept(**facts: Any) -> Accepted:
+        return Accepted(facts)
 
     def rewrite(self, *nodes: gs.Node) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -163,44 +203,6 @@ def present(tensor: gs.Tensor | None) -> bool:
     return tensor is not None and bool(tensor.name)
 
 
-SAME_RANK_OPS = {
-    "Relu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Erf", "Neg", "Abs", "Exp", "Log",
-    "Sqrt", "Reciprocal", "Cast", "Identity", "Softmax", "LogSoftmax", "Slice", "Pad", "Conv", "ConvTranspose",
-    "BatchNormalization", "LayerNormalization", "Gelu", "Resize", "MaxPool", "AveragePool", "GlobalAveragePool",
-}
-BROADCAST_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "MatMul"}
-
-
-def rank_of(tensor: gs.Tensor, depth: int = 0) -> int | None:
-    """The rank when known: from shape inference, else derived through the producer (a Reshape to a
-    constant shape, rank-preserving ops, broadcasting ops, Transpose, Squeeze/Unsqueeze)."""
-    shape = tensor.shape
-    if shape is not None:
-        return len(shape)
-    maker = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-    if maker is None or depth > 32 or not maker.inputs or maker.outputs[0] is not tensor:
-        return None
-    op = maker.op
-    if op == "Reshape" and isinstance(maker.inputs[1], gs.Constant):
-        return int(np.asarray(maker.inputs[1].values).size)
-    if op == "Transpose" and "perm" in maker.attrs:
-        return len(maker.attrs["perm"])
-    if op in SAME_RANK_OPS:
-        return rank_of(maker.inputs[0], depth + 1)
-    if op in BROADCAST_OPS:
-        ranks = [rank_of(t, depth + 1) for t in maker.inputs if t.name]
-        return None if any(r is None for r in ranks) else max(ranks)
-    if op in ("Squeeze", "Unsqueeze"):
-        axes = maker.attrs.get("axes")
-        if axes is None and len(maker.inputs) > 1 and isinstance(maker.inputs[1], gs.Constant):
-            axes = np.asarray(maker.inputs[1].values).reshape(-1)
-        rank = rank_of(maker.inputs[0], depth + 1)
-        if axes is None or rank is None:
-            return None
-        return rank + len(axes) if op == "Unsqueeze" else rank - len(axes)
-    return None
-
-
 def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     shape = tensor.shape
     if shape is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
@@ -250,10 +252,15 @@ def _nested_node_ids(graph: gs.Graph) -> set[int]:
     return ids
 
 
-def apply_rules(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, *, max_sweeps: int = 50) -> Counter:
-    """Apply rules over the graph and its subgraphs until none fires; counts firings per rule."""
+def apply_rules(
+    graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, *, max_sweeps: int = 50, refused: Counter | None = None
+) -> Counter:
+    """Apply rules over the graph and its subgraphs until none fires; counts firings per rule.
+
+    `refused`, when given, counts the reasons checks gave for not firing ("Rule: reason" -> matches)."""
     rules = list(rules)
     counts: Counter = Counter()
+    reasons: dict[str, set[int]] = defaultdict(set)
     if not rules:
         return counts
     namer = Namer(graph)
@@ -273,9 +280,17 @@ def apply_rules(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, 
                     continue
                 for rule in by_op.get(node.op, ()):
                     matched = rule.match(node)
-                    if matched is None or not rule.check(*matched):
+                    if matched is None:
                         continue
-                    rule.rewrite(*matched)
+                    verdict = rule.check(*matched)
+                    if not verdict:
+                        if isinstance(verdict, Refused):
+                            reasons[f"{rule.name}: {verdict.reason}"].add(id(node))
+                        continue
+                    if isinstance(verdict, Accepted):
+                        rule.rewrite(*matched, **verdict.facts)
+                    else:
+                        rule.rewrite(*matched)
                     counts[rule.name] += 1
                     fired += 1
                     break
@@ -285,13 +300,14 @@ def apply_rules(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext, 
                 break
         if fired_here:
             sub.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=False).toposort(recurse_subgraphs=False)
+    if refused is not None:
+        for reason, nodes in reasons.items():
+            refused[reason] += len(nodes)
     return counts
 
 
 def raise_opset_for(graph: gs.Graph, rules: Iterable[type[Rule]], ctx: PassContext) -> list[int]:
     """Raise the model's opset for rules that need a newer one, only where one of them would fire."""
-    from onnxopt.passes.fusion.opset import raise_opset  # opset.py needs rank_of from here
-
     raised = []
     opset = int(graph.opset)
     wanted: dict[int, list[type[Rule]]] = defaultdict(list)
@@ -327,8 +343,11 @@ class RulePass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = node_count(graph)
         raised = raise_opset_for(graph, self.rules, ctx) if self.config.raise_opset else []
-        counts = apply_rules(graph, self.rules, ctx)
-        stats = dict(sorted(counts.items()))
+        refused: Counter = Counter()
+        counts = apply_rules(graph, self.rules, ctx, refused=refused)
+        stats: dict[str, Any] = dict(sorted(counts.items()))
         if raised:
             stats["opset"] = int(graph.opset)
+        if refused:
+            stats["refused"] = dict(sorted(refused.items()))
         return PassResult(changed=bool(counts) or bool(raised) or node_count(graph) != before, stats=stats)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.fusion.gelu import ort_target
+from onnxopt.passes.fusion.gelu import may_use_contrib_ops
 from onnxopt.passes.fusion.rules import NEVER, Rule, RulePass, is_float, present, remove
 from onnxopt.pipeline import register_pass
 
@@ -30,7 +30,7 @@ class FuseSkipLayerNorm(Rule):
     pattern = ("Add",)
 
     def required_opset(self) -> int:
-        return NEVER if not ort_target(self.ctx) else 0
+        return NEVER if not may_use_contrib_ops(self.ctx) else 0
 
     def match(self, add):
         users = self.local_consumers(add.outputs[0])

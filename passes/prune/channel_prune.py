@@ -24,7 +24,6 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.costs import concrete_costs
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.graphs import export_model
 from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
@@ -33,8 +32,16 @@ from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
 from onnxopt.passes.prune.removal import remove_channels
 from onnxopt.passes.prune.search import SearchResult, attention_report, global_search, uniform_heads
 from onnxopt.passes.prune.selection import obs_ranking
-from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams, refit_layers, refittable, residual_input
-from onnxopt.pipeline import Pass, PassContext, PassResult, get_pass, option, register_pass
+from onnxopt.passes.reconstruct import (
+    LayerTarget,
+    channel_energy,
+    input_grams,
+    refit_layers,
+    refittable,
+    residual_input,
+)
+from onnxopt.passes.structural import StructuralPass
+from onnxopt.pipeline import PassContext, PassResult, option, register_pass
 
 DEFAULT_RATIO = 0.3
 DEFAULT_CRITERION = "obs"  # best measured with reconstruction on the Fashion-MNIST CNN (benchmarks/results/prune.md)
@@ -93,21 +100,19 @@ def _describe(group: ChannelGroup) -> dict:
 
 
 @register_pass
-class ChannelPrune(Pass):
+class ChannelPrune(StructuralPass):
     """Structured channel pruning with dependency groups, importance, budget, removal and reconstruction."""
 
     name = "channel-prune"
-    exact = False
     Config = ChannelPruneConfig
     description = "remove whole channels (groups found by dependency analysis) and refit consumers against the teacher"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         cfg = self.config
         _check_config(cfg)
-        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
-        before, node_macs_at = concrete_costs(graph, ctx.input_shapes)
+        before, node_macs_at = self.costs_before(graph, ctx)
         analysis: Analysis = ctx.analysis("channel-groups", lambda: analyse(graph))
-        calibration = ctx.calibration.take(cfg.calib_samples) if ctx.calibration is not None else None
+        calibration = self.sample(ctx)
         criterion = self._criterion(calibration, ctx)
 
         candidates = []
@@ -138,10 +143,10 @@ class ChannelPrune(Pass):
             masks, ratio = self._uniform_masks(graph, analysis, candidates, calibration, criterion, ratio, node_macs_at, before, ctx)
             kept_heads = uniform_heads(graph, head_groups, ratio, calibration, cfg.rows_per_sample, ctx.seed) if cfg.ratio is not None else {}
         if not masks and not kept_heads:
-            ctx.artifacts["report:channel-prune"] = self._report(analysis, candidates, skipped, masks, before, before, ratio, criterion, [], ctx)
+            self.publish(ctx, self._report(analysis, candidates, skipped, masks, before, before, ratio, criterion, [], ctx))
             return PassResult(changed=False, stats={"groups_pruned": 0, "blocked": sum(1 for g in analysis.groups if g.blocked)})
 
-        reference_before = export_model(graph) if cfg.reconstruct and calibration is not None else None
+        reference_before = self.reference_before(graph, calibration)
         kept = remove_channels(graph, analysis, masks)
         head_sizes = {}
         for index, heads_kept in kept_heads.items():
@@ -157,11 +162,10 @@ class ChannelPrune(Pass):
         elif cfg.reconstruct:
             ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
 
-        get_pass("shape-inference")(symbolic=False).run(graph, ctx)
-        after, _ = concrete_costs(graph, ctx.input_shapes)
+        after = self.costs_after(graph, ctx)
         report = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
         report.update(attention_report(head_groups, heads_blocked, head_sizes, search, fits))
-        ctx.artifacts["report:channel-prune"] = report
+        self.publish(ctx, report)
         ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}, "heads": {n: k for n, (_, k) in head_sizes.items()}}
         return PassResult(
             changed=True,
@@ -249,8 +253,6 @@ class ChannelPrune(Pass):
         return scores
 
     def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx, extra_nodes=()) -> list[dict]:
-        teacher = ctx.teacher
-        teacher_tensors = {o for n in teacher.graph.node for o in n.output} if teacher is not None else set()
         order = {id(n): i for i, n in enumerate(graph.nodes)}
         targets, seen = [], set()
         for node, in_key in analysis.refit:
@@ -263,24 +265,25 @@ class ChannelPrune(Pass):
                 continue
             out = node.outputs[0].name
             original = analysis.dims[out].length if out in analysis.dims else None
-            reference = teacher if out in teacher_tensors else reference_before
-            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before, self._correction(node, reference, teacher, teacher_tensors)))
+            reference = self.reference_for(out, ctx, reference_before)
+            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before, self._correction(node, reference, ctx)))
         for node in extra_nodes:  # output projections of pruned attention blocks: same outputs, fewer inputs
             if id(node) in seen or id(node) not in order:
                 continue
             seen.add(id(node))
             out = node.outputs[0].name
-            reference = teacher if out in teacher_tensors else reference_before
-            targets.append(LayerTarget(node, reference, out, None, None, reference_before, self._correction(node, reference, teacher, teacher_tensors)))
+            reference = self.reference_for(out, ctx, reference_before)
+            targets.append(LayerTarget(node, reference, out, None, None, reference_before, self._correction(node, reference, ctx)))
         targets.sort(key=lambda t: order[id(t.node)])
-        return refit_layers(graph, targets, calibration, rows_per_sample=self.config.rows_per_sample, ridge=self.config.ridge, seed=ctx.seed, scale_refit=self.config.scale_refit)
+        cfg = self.config
+        return refit_layers(graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed, scale_refit=cfg.scale_refit)
 
-    def _correction(self, node, reference, teacher, teacher_tensors) -> str | None:
+    def _correction(self, node, reference, ctx) -> str | None:
         """The residual stream the layer writes into, when the reference model has that tensor too."""
         if not self.config.propagate:
             return None
         name = residual_input(node)
-        if name is None or (reference is teacher and name not in teacher_tensors):
+        if name is None or (reference is ctx.teacher and self.reference_for(name, ctx, None) is None):
             return None
         return name
 

@@ -24,20 +24,11 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt import ops
 from onnxopt.graphs import constant_input_value, has_subgraph, iter_graphs
 
-UNARY_OPS = {
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
-    "Softsign", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
-    "Sin", "Cos", "Gelu", "Mish", "Clip", "Identity", "Dropout", "Cast", "ThresholdedRelu", "Shrink",
-}
-ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Mod"}
-POOL_OPS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-REDUCE_OPS = {
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
-}
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+UNARY_OPS, ELEMENTWISE_OPS, POOL_OPS, REDUCE_OPS = ops.UNARY, ops.ELEMENTWISE, ops.POOL, ops.REDUCE
+WEIGHT_OPS = tuple(sorted(ops.REFITTABLE))
 
 
 def _static_shape(tensor: gs.Tensor) -> list | None:

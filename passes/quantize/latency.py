@@ -1,4 +1,4 @@
-"""Measure, on this machine, whether int8 makes a group of nodes faster or slower than float.
+"""Measure, on this machine, whether int8 makes a group of nodes faster or slower than float (and whether its int8 kernels need 7-bit weights).
 
 Int8 is not always faster: on CPUs without VNNI, depthwise convolutions and small adds often
 run slower quantized than in float, because requantizing costs more than the arithmetic saves.
@@ -8,6 +8,9 @@ median of them, spinning off so the two sessions do not steal each other's cores
 """
 
 from __future__ import annotations
+
+import functools
+import platform
 
 import numpy as np
 import onnx
@@ -32,3 +35,26 @@ def paired_speedup(baseline: onnx.ModelProto, candidate: onnx.ModelProto, feeds:
     b_names = [o.name for o in base.get_outputs()]
     c_names = [o.name for o in cand.get_outputs()]
     return profiling.compare(lambda: base.run(b_names, feeds), lambda: cand.run(c_names, feeds), warmup=max(iters // 6, 2), iters=iters)
+
+
+def measure_speedup(ctx, baseline: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray], iters: int = 30) -> profiling.LatencyComparison:
+    """`paired_speedup`, or the compile's own paired measurement when ctx offers one (ctx.options["measure_speedup"])."""
+    measure = (getattr(ctx, "options", None) or {}).get("measure_speedup")
+    if callable(measure):
+        return measure(baseline, candidate, feeds, iters=iters)
+    return paired_speedup(baseline, candidate, feeds, iters=iters)
+
+
+@functools.cache
+def needs_reduced_range() -> bool:
+    """x86 without VNNI: ORT's u8 x s8 int8 kernels (vpmaddubsw) add product pairs into int16 with
+    saturation, so 8-bit weights can overflow (measured on EfficientNet-Lite0: cosine 0.986 with
+    the Q/DQ graph run unfused, 0.836 through the fused kernels). 7-bit weights cannot."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return True
+    return not any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.errors import ConfigError
 from onnxopt.graphs import const_value, is_const
+from onnxopt.ops import LINEAR, QUANT_TRANSPARENT
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+WEIGHTED_OPS = tuple(sorted(LINEAR))
 ACTIVATIONS = ("Relu", "Clip")
-ORT_PASSTHROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+ORT_PASSTHROUGH = tuple(sorted(QUANT_TRANSPARENT))
 ORT_EXTRA = ("Add", "GlobalAveragePool", "AveragePool", "Concat")
 
 
@@ -52,8 +54,12 @@ RULES = {
 }
 
 
-def rules_for(target: str) -> TargetRules:
-    return RULES["trt" if target.startswith("trt") else "ort"]
+def rules_for(target) -> TargetRules:
+    """The Q/DQ rules a Target's `qdq_rules` capability names, or a rule set's name ("ort", "trt")."""
+    kind = getattr(target, "qdq_rules", target)
+    if kind not in RULES:
+        raise ConfigError(f"unknown Q/DQ rules {kind!r}; use one of {', '.join(RULES)}")
+    return RULES[kind]
 
 
 @dataclass(frozen=True)

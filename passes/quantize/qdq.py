@@ -78,6 +78,7 @@ class _Builder:
     def __init__(self, graph: gs.Graph):
         self.graph = graph
         self.name = FreshNames(graph)
+        self.dynamic: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]] = {}
 
     def const(self, base: str, value: np.ndarray) -> gs.Constant:
         return gs.Constant(self.name(base), np.array(value, order="C"))  # ascontiguousarray would turn a scalar into shape (1,)
@@ -125,10 +126,13 @@ def _dynamic_matmul(b: _Builder, node: gs.Node, qw: QuantWeight) -> None:
     x, y = node.inputs[0], node.outputs[0]
     bias = _float_bias(node, qw) if node.op == "Gemm" else None
     values = qw.values.T if node.op == "Gemm" and node.attrs.get("transB", 0) else qw.values
-    xq = b.var(f"{x.name}_dyn_quantized", np.uint8)
-    xs = b.var(f"{x.name}_dyn_scale", np.float32)
-    xz = b.var(f"{x.name}_dyn_zero_point", np.uint8)
-    b.node("DynamicQuantizeLinear", [x], [xq, xs, xz])
+    if x.name not in b.dynamic:  # one DynamicQuantizeLinear per input, shared by its readers (Q, K, V)
+        xq = b.var(f"{x.name}_dyn_quantized", np.uint8)
+        xs = b.var(f"{x.name}_dyn_scale", np.float32)
+        xz = b.var(f"{x.name}_dyn_zero_point", np.uint8)
+        b.node("DynamicQuantizeLinear", [x], [xq, xs, xz])
+        b.dynamic[x.name] = (xq, xs, xz)
+    xq, xs, xz = b.dynamic[x.name]
     w = b.const(f"{node.name}_weight_quantized", np.ascontiguousarray(values))
     wz = b.const(f"{node.name}_weight_zero_point", np.zeros(values.shape[1], np.int8))
     acc = b.var(f"{y.name}_int32", np.int32)
@@ -204,7 +208,8 @@ def _bias_fits_int32(qw: QuantWeight, bias: np.ndarray, x_scale: np.float32) -> 
     new_scales = np.where(low, needed, qw.scales).astype(np.float32)
     view = [-1 if i == qw.axis else 1 for i in range(qw.values.ndim)]
     old = qw.values.astype(np.float64) * qw.scales.reshape(view)
-    values = np.clip(np.round(old / new_scales.reshape(view)), -127, 127).astype(np.int8)
+    qmax = max(int(np.abs(qw.values).max()), 63) if qw.values.size else 127  # keep a reduced (7-bit) range reduced
+    values = np.clip(np.round(old / new_scales.reshape(view)), -qmax, qmax).astype(np.int8)
     return QuantWeight(values, new_scales, qw.axis, qw.bias)
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 import pytest
+from onnx import numpy_helper
 
 import onnxopt.models
 from onnxopt.models.builders import BUILDERS, transformer_block
@@ -26,6 +26,7 @@ EXPECTED = {
     "resnet18_shaped": {"logits": (1, 10)},
     "resnet50_shaped": {"logits": (1, 10)},
     "mobilenet_v2_shaped": {"logits": (1, 10)},
+    "mobilenet_v3_shaped": {"logits": (1, 10)},
 }
 
 

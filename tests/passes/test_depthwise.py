@@ -9,12 +9,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxopt
 from onnxopt.errors import ConfigError
-from onnxopt.graphs import export_model, import_graph
-from onnxopt.graphs import FreshNames
+from onnxopt.graphs import FreshNames, export_model, import_graph
 from onnxopt.passes.depthwise import DepthwiseSeparable, Form, depthwise_factors, spatial_factors, substitute
 from onnxopt.pipeline import PassContext
 from onnxopt.runtime import run_model
-from tests.passes import prune_graphs as nets
+from tests.passes.prune import prune_graphs as nets
 
 
 def low_rank_weight(cout, cin, k, rank, seed=0):

@@ -130,7 +130,7 @@ def test_ort_fp16_target_reports_fidelity(tmp_path):
     onnx.save(conv_net(batch=1), str(path))
     rng = np.random.default_rng(11)
     calibration = [{"x": rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
-    result = onnxopt.compile(str(path), target="ort-fp16", calibration=calibration, profile=False)
+    result = onnxopt.compile(str(path), target="ort-fp16", calibration=calibration, profile=False, output=tmp_path / "net.ort-fp16.onnx")
     assert result.output_path == tmp_path / "net.ort-fp16.onnx" and result.output_path.exists()
     record = next(p for p in result.report.passes if p.name == "convert-float16")
     assert record.changed and not record.exact and record.stats["data"] == "calibration"

@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.passes.fusion.fusion_helpers import domains, floats, fuse, fused, init, make_model, node, ops, tensor, untouched
+from tests.passes.fusion.fusion_helpers import (
+    domains,
+    floats,
+    fuse,
+    fused,
+    init,
+    make_model,
+    node,
+    ops,
+    tensor,
+    untouched,
+)
 
 HIDDEN = 8
 

@@ -67,13 +67,14 @@ def ops(model):
 
 def quant_recipe(target="ort-int8", **options):
     entry = {"name": "quantize-int8", "latency_aware": False, **options}
-    return {"name": target, "backend": "ort", "passes": [{"name": "shape-inference"}, entry], "verify": {}}
+    backend = "tensorrt" if target.startswith("trt") else "ort"  # the placement follows the backend, not the name
+    return {"name": target, "backend": backend, "passes": [{"name": "shape-inference"}, entry], "verify": {}}
 
 
 def compile_int8(model, data, target="ort-int8", options=None, **pass_options):
     import onnxopt
 
-    return onnxopt.compile(model, recipe=quant_recipe(target, **pass_options), calibration=data, profile=False, verify="off", options=options)
+    return onnxopt.compile(model, recipe=quant_recipe(target, **pass_options), calibration=data, profile=False, verify="off", options=options, emit="onnx")
 
 
 def mean_cosine(model_a, model_b, data):

@@ -38,7 +38,7 @@ def initializer(model, name):
 
 def test_ort_int8_places_qdq_where_ort_fuses_int8_kernels(tmp_path):
     model, data = conv_net(), images(16)
-    result = compile_int8(model, data)
+    result = compile_int8(model, data, max_drop=-1.0)  # placement only: no accuracy fallback
     q = result.model
     # every Conv reads a DequantizeLinear on both inputs and its (post-Relu) output is quantized
     for conv in (n for n in q.graph.node if n.op_type == "Conv"):
@@ -110,7 +110,7 @@ def test_per_channel_weight_axis_is_the_output_channel(op, attrs, axis):
     model, w, x_shape = weighted_model(op, **attrs)
     data = [{"x": np.random.default_rng(i).standard_normal(x_shape).astype(np.float32)} for i in range(8)]
     for target in ("trt-int8", "ort-int8"):
-        q = compile_int8(model, data, target=target, final_layer="int8", matmul="static").model
+        q = compile_int8(model, data, target=target, final_layer="int8", matmul="static", reduce_range="off", max_drop=-1.0).model
         layer = next(n for n in q.graph.node if n.op_type == op)
         dq = producer(q, layer.input[1])
         assert dq.op_type == "DequantizeLinear"
@@ -196,3 +196,28 @@ def test_trt_fallback_of_a_conv_before_a_residual_add_keeps_a_valid_plan():
     model, data = conv_net(with_softmax=False), images(16)
     q = compile_int8(model, data, target="trt-int8", keep_float=("conv2",), options={"max_drop": 0.0}, max_fallback=1.0).model
     assert check_trt_qdq(q) == []
+
+
+def test_reduced_range_keeps_ort_weights_within_7_bits_except_depthwise():
+    """On x86 without VNNI ORT's u8 x s8 GEMM kernels saturate int16 pair sums; 7-bit weights cannot."""
+    from onnxopt.models.builders import mobilenet_v2_shaped
+
+    model = mobilenet_v2_shaped(input_size=32, num_classes=10)
+    data = [{"input": d["x"]} for d in images(4, shape=(1, 3, 32, 32))]
+    q = compile_int8(model, data, reduce_range="on", rounding="nearest", max_drop=-1.0).model
+    depthwise = {n.input[1] for n in q.graph.node if n.op_type == "Conv" and next((a.i for a in n.attribute if a.name == "group"), 1) > 1}
+    checked = 0
+    for node in (n for n in q.graph.node if n.op_type == "DequantizeLinear"):
+        values = initializer_or_none(q, node.input[0])
+        if values is None or values.dtype != np.int8 or node.output[0] in depthwise:
+            continue
+        assert np.abs(values).max() <= 63
+        checked += 1
+    assert checked > 10
+    from onnxopt.passes.quantize.fidelity import mean_cosine, run_all
+
+    assert mean_cosine(run_all(q, data, opt_level="disable"), run_all(q, data, opt_level="all")) > 0.999  # the fused kernels agree with the Q/DQ graph
+
+
+def initializer_or_none(model, name):
+    return next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name), None)

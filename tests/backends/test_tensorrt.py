@@ -181,7 +181,10 @@ def _lower(model, precision, tmp_path, profiles=None):
     shapes = {k: v[1] for k, v in (profiles or {}).items()}
     feeds = random_feeds(input_specs(model, shapes), seed=0)
     backend = TensorRTBackend(options=options, profiles=profiles or {})
-    return backend.lower(model, feeds, engine_path=tmp_path / f"m.{precision}.engine", reference=run_model(model, feeds), iters=20, layer_runs=3)
+    _, report = backend.build_and_profile(
+        model, feeds, engine_path=tmp_path / f"m.{precision}.engine", reference=run_model(model, feeds), iters=20, layer_runs=3
+    )
+    return report
 
 
 @pytest.mark.gpu

@@ -13,7 +13,7 @@ from onnxopt.passes.prune import ChannelPrune, analyse
 from onnxopt.passes.reconstruct import capture
 from onnxopt.pipeline import PassContext, get_pass
 from onnxopt.runtime import run_model
-from tests.passes import prune_graphs as nets
+from tests.passes.prune import prune_graphs as nets
 
 
 def groups_of(model):

@@ -1,0 +1,123 @@
+"""Everything the quantizer learns from the float model, in one streamed pass over the calibration data.
+
+Profiling showed compile time going to repeated passes: one for histograms, one per GPTQ chunk,
+one for bias correction, one for the reference outputs. Here a single ORT session exposes every
+tensor needed (the activations to calibrate, the inputs of the weighted layers, the graph
+outputs) and each sample updates, then drops, all of them: histograms, each layer's input Gram
+matrix (fitted and held-out halves, for GPTQ and its validation), and the reference outputs the
+fidelity budget compares against. Gram matrices that
+would not fit the memory budget together are collected in further passes, a chunk at a time, so
+a large model costs more passes over the data, never more memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxopt.passes.quantize.collect import progress_bar
+from onnxopt.passes.quantize.histogram import StreamingHistogram
+from onnxopt.passes.reconstruct import gram, layer_input_rows, with_outputs
+from onnxopt.runtime import make_session
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class LayerInputs:
+    """A weighted layer's input Gram matrices (groups, K, K): the fitted and held-out halves of the samples."""
+
+    fit: np.ndarray | None = None
+    held_out: np.ndarray | None = None
+    rows: int = 0
+
+
+@dataclass
+class CalibrationStats:
+    histograms: dict[str, StreamingHistogram] = field(default_factory=dict)
+    layers: dict[str, LayerInputs] = field(default_factory=dict)
+    reference: list[dict[str, np.ndarray]] = field(default_factory=list)
+    samples: int = 0
+    passes: int = 0
+
+
+def _gram_bytes(node: gs.Node) -> int:
+    shape = node.inputs[1].shape
+    if node.op == "Conv":
+        k = int(np.prod(shape[1:]))
+        return int(node.attrs.get("group", 1)) * k * k * 8
+    k = max(int(s) for s in shape[:2])
+    return k * k * 8
+
+
+def _chunks(nodes: dict[str, gs.Node], gram_layers: set[str], budget: int) -> list[list[str]]:
+    """Layers grouped so each group's Gram matrices (two halves) fit the budget."""
+    chunks: list[list[str]] = [[n for n in nodes if n not in gram_layers]]
+    used = 0
+    for name in (n for n in nodes if n in gram_layers):
+        size = 2 * _gram_bytes(nodes[name])
+        if used and used + size > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(name)
+        used += size
+    return [c for c in chunks if c] or [[]]
+
+
+def collect_statistics(
+    model: onnx.ModelProto,
+    activations: list[str],
+    layers: dict[str, gs.Node],
+    gram_layers: set[str],
+    data: Iterable[Feeds],
+    *,
+    bins: int = 4096,
+    rows_per_sample: int = 1024,
+    memory_budget: int = 256 << 20,
+    seed: int = 0,
+) -> CalibrationStats:
+    """Histograms of `activations`, input statistics of `layers` (Gram matrices for `gram_layers`),
+    and the float model's outputs, from as few passes over `data` as the memory budget allows."""
+    stats = CalibrationStats(histograms={name: StreamingHistogram(bins) for name in dict.fromkeys(activations)})
+    outputs = [o.name for o in model.graph.output]
+    rng = np.random.default_rng(seed)
+    for index, chunk in enumerate(_chunks(layers, gram_layers, memory_budget)):
+        first = index == 0
+        inputs = {name: layers[name].inputs[0].name for name in chunk}
+        wanted = list(dict.fromkeys((list(stats.histograms) + outputs if first else []) + list(inputs.values())))
+        if not wanted:
+            continue
+        session = make_session(with_outputs(model, wanted), opt_level="basic")
+        stats.passes += 1
+        progress = progress_bar()
+        with progress:
+            task = progress.add_task("calibrating" if first else f"layer statistics ({len(chunk)} layers)",
+                                     total=data.known_length() if hasattr(data, "known_length") else None)
+            for i, feeds in enumerate(data):
+                values = dict(zip(wanted, session.run(wanted, feeds)))
+                if first:
+                    for name, hist in stats.histograms.items():
+                        hist.update(values[name])
+                    stats.reference.append({name: values[name] for name in outputs})
+                    stats.samples += 1
+                for name in chunk:
+                    _update_layer(stats.layers.setdefault(name, LayerInputs()), layers[name], values[inputs[name]],
+                                  name in gram_layers, i % 2 == 0, rows_per_sample, rng)
+                progress.advance(task)
+        del session
+    return stats
+
+
+def _update_layer(acc: LayerInputs, node: gs.Node, x: np.ndarray, with_gram: bool, fit_half: bool, max_rows: int, rng) -> None:
+    rows = layer_input_rows(x, node.op, node.attrs, tuple(node.inputs[1].shape), max_rows=max_rows, rng=rng)
+    acc.rows += rows.shape[0]
+    if with_gram:
+        h = gram(rows)
+        if fit_half:
+            acc.fit = h if acc.fit is None else acc.fit + h
+        else:
+            acc.held_out = h if acc.held_out is None else acc.held_out + h

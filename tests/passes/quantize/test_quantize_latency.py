@@ -1,0 +1,55 @@
+"""Never slower than float: the pass decides int8 vs float by the model's paired latency in context.
+
+The measurement is injected through ctx.options["measure_speedup"] (the hook a compile can fill
+with its own paired comparison), so these tests check the decisions, not this machine's timings.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from tests.passes.quantize.qmodels import compile_int8, conv_net, images, ops, run
+
+
+def quantized_ops(model):
+    return sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def int8_speed(faster: bool):
+    """A stand-in measurement: each Q/DQ makes a model 10% faster (faster=True) or slower."""
+    calls = []
+
+    def measure(baseline, candidate, feeds, iters=30):
+        calls.append((baseline, candidate))
+        ratio = 1.1 ** (quantized_ops(candidate) - quantized_ops(baseline))
+        value = ratio if faster else 1.0 / ratio
+        return SimpleNamespace(speedup=value, ci_low=value - 0.01, ci_high=value + 0.01)
+
+    return measure, calls
+
+
+def test_int8_that_cannot_beat_float_keeps_the_float_model_and_says_so():
+    model, data = conv_net(), images(16)
+    measure, _ = int8_speed(faster=False)
+    result = compile_int8(model, data, options={"measure_speedup": measure}, latency_aware=True, max_drop=-1.0)
+    report = result.report.artifacts["quantize"]
+    assert "QuantizeLinear" not in ops(result.model) and "DequantizeLinear" not in ops(result.model)
+    verdict = report["latency_vs_float"]
+    assert verdict["kept_float"] and verdict["int8_vs_float_speedup"] < 1.0
+    assert all(f["why"].startswith("latency") for f in report["float_layers"] if f["node"] != "fc")
+    feeds = images(1, seed=5)[0]
+    np.testing.assert_allclose(run(result.model, feeds)["logits"], run(model, feeds)["logits"], rtol=1e-4, atol=1e-5)
+    assert any("not faster than float" in w for w in result.report.warnings)
+
+
+def test_int8_that_beats_float_stays_int8():
+    model, data = conv_net(), images(16)
+    measure, calls = int8_speed(faster=True)
+    result = compile_int8(model, data, options={"measure_speedup": measure}, latency_aware=True, max_drop=-1.0)
+    verdict = result.report.artifacts["quantize"]["latency_vs_float"]
+    assert "QLinearConv" in ops(result.model) or "QuantizeLinear" in ops(result.model)
+    assert not verdict.get("kept_float") and verdict["regions"] == [] and verdict["int8_vs_float_speedup"] > 1.0
+    assert all(entry["decision"] == "int8" for entry in result.report.artifacts["quantize"]["latency_by_category"])
+    assert calls  # the decision came from the paired measurement

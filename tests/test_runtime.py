@@ -1,0 +1,45 @@
+"""onnxruntime sessions: optimization levels, options for paired timing, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from onnxopt.errors import BackendError
+from onnxopt.runtime import best_providers, make_session, run_model, run_session, session_options
+from tests.conftest import init, make_model, tensor
+
+
+def _model():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    return make_model(nodes, [tensor("x", [2, 3])], [tensor("y", [2, 2])], [init("w", np.eye(3, 2, dtype=np.float32))])
+
+
+def test_run_model_computes_the_graph():
+    x = np.array([[1, -2, 3], [-4, 5, -6]], np.float32)
+    np.testing.assert_array_equal(run_model(_model(), {"x": x})["y"], np.maximum(x[:, :2], 0))
+
+
+def test_session_options_for_paired_runs():
+    so = session_options(threads=2, opt_level="disable", spinning=False)
+    assert so.intra_op_num_threads == 2
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.get_session_config_entry("session.disable_prepacking") == "1"
+    with pytest.raises(BackendError, match="unknown graph optimization level 'fast'"):
+        session_options(opt_level="fast")
+
+
+def test_errors_are_one_line():
+    session = make_session(_model())
+    with pytest.raises(BackendError, match="^onnxruntime failed to run the model: [^\n]*$"):
+        run_session(session, {"x": np.zeros((2, 4), np.float32)})
+    broken = _model()
+    broken.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(BackendError, match="^onnxruntime cannot load the model: [^\n]*$"):
+        make_session(broken)
+
+
+def test_cpu_is_always_a_provider():
+    assert best_providers(allow_gpu=False) == ["CPUExecutionProvider"]
+    assert best_providers()[-1] == "CPUExecutionProvider"
