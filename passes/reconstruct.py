@@ -240,16 +240,51 @@ class NormalEquations:
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def validated_ridge(folds: list[NormalEquations], *, fit_bias: bool = True, prior: np.ndarray | None = None, grid=RIDGE_GRID) -> float:
-    """The ridge with the least held-out residual, fitting on all folds but one in turn.
+def scale_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+    """Per-input-feature scales m minimizing ||x diag(m) W - y||^2 (+ ridge pulling m to 1), from
+    the Gram x^T x and cross x^T y alone: the normal matrix is G o (W W^T), the right side
+    rowsum((x^T y) o W). One parameter per kept input instead of a full matrix, so it stays well
+    posed when calibration rows are few (Kwon et al. 2022's least-squares mask tuning)."""
+    w = weights.astype(np.float64)
+    normal = gram * (w @ w.T)
+    rhs = np.sum(cross * w, axis=1)
+    scale = float(np.trace(normal)) / max(len(normal), 1) or 1.0
+    normal[np.diag_indices_from(normal)] += ridge * scale
+    return np.linalg.solve(normal, rhs + ridge * scale)
 
-    One eigendecomposition per fold makes every ridge in the grid cost two matrix products."""
-    errors = np.zeros(len(grid))
+
+def _scale_fit(stats: NormalEquations, w_now: np.ndarray, fit_bias: bool) -> tuple[np.ndarray, np.ndarray]:
+    gram, cross, x_mean, y_mean = stats.centered(fit_bias)
+    w = scale_solve(gram, cross, w_now)[:, None] * w_now.astype(np.float64)
+    return w.astype(np.float32), (y_mean - x_mean @ w).astype(np.float32)
+
+
+def _leave_one_out(folds: list[NormalEquations]):
+    """(statistics of all folds but one, that one) for every fold."""
     for i, held_out in enumerate(folds):
         rest = NormalEquations()
         for j, fold in enumerate(folds):
             if j != i:
                 rest = rest.merged(fold)
+        yield rest, held_out
+
+
+def _held_out_error(folds: list[NormalEquations], fit) -> float:
+    """Residual summed over folds, each predicted by `fit` on the other folds."""
+    total = 0.0
+    for rest, held_out in _leave_one_out(folds):
+        if rest.rows == 0 or held_out.rows == 0:
+            return float("inf")
+        total += held_out.residual(*fit(rest))
+    return total
+
+
+def validated_ridge(folds: list[NormalEquations], *, fit_bias: bool = True, prior: np.ndarray | None = None, grid=RIDGE_GRID) -> float:
+    """The ridge with the least held-out residual, fitting on all folds but one in turn.
+
+    One eigendecomposition per fold makes every ridge in the grid cost two matrix products."""
+    errors = np.zeros(len(grid))
+    for rest, held_out in _leave_one_out(folds):
         if rest.rows == 0 or held_out.rows == 0:
             return grid[0]
         gram, cross, x_mean, y_mean = rest.centered(fit_bias)
@@ -280,6 +315,10 @@ class LayerTarget:
     channels: np.ndarray | None = None
     expected: int | None = None
     fallback: onnx.ModelProto | None = None
+    # propagation: a tensor added to the layer's output downstream (a residual stream). The target
+    # becomes teacher + (reference[correction] - student[correction]), so the refit also repairs
+    # the error earlier layers left in that stream, as the pruned model sees it
+    correction: str | None = None
 
 
 def _layer_rows(node: gs.Node, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -325,6 +364,40 @@ def _write_linear(node: gs.Node, w: np.ndarray, b: np.ndarray | None, name: str)
             node.inputs.append(bias)
 
 
+def bias_add(node: gs.Node) -> tuple[gs.Node, int] | None:
+    """A MatMul's bias as exporters write it: the single consumer Add with a constant (out,) operand."""
+    if node.op != "MatMul" or len(node.outputs[0].outputs) != 1:
+        return None
+    add = node.outputs[0].outputs[0]
+    if add.op != "Add" or len(add.inputs) != 2:
+        return None
+    index = 1 if add.inputs[0] is node.outputs[0] else 0
+    other = add.inputs[index]
+    out = np.asarray(node.inputs[1].values).shape[-1]
+    if isinstance(other, gs.Constant) and np.asarray(other.values).shape == (out,):
+        return add, index
+    return None
+
+
+def residual_input(node: gs.Node) -> str | None:
+    """The other summand when the layer's output (after its bias Add, if any) joins a residual
+    stream: Add(layer, r) with r computed at run time. None otherwise."""
+    found = bias_add(node)
+    tensor = found[0].outputs[0] if found else node.outputs[0]
+    if len(tensor.outputs) != 1 or tensor.outputs[0].op != "Add" or len(tensor.outputs[0].inputs) != 2:
+        return None
+    add = tensor.outputs[0]
+    other = add.inputs[1] if add.inputs[0] is tensor else add.inputs[0]
+    if isinstance(other, gs.Constant) or other is tensor or other.shape != tensor.shape:
+        return None
+    return other.name
+
+
+def _shift_bias(add: gs.Node, index: int, shift: np.ndarray, name: str) -> None:
+    values = np.asarray(add.inputs[index].values, dtype=np.float32) + shift.astype(np.float32)
+    add.inputs[index] = gs.Constant(f"{name}.bias", np.ascontiguousarray(values))
+
+
 def refittable(node: gs.Node) -> str | None:
     """Why a layer cannot be refit by least squares, or None when it can."""
     if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
@@ -349,15 +422,16 @@ def _by_reference(targets: list[LayerTarget]) -> dict[int, list[LayerTarget]]:
     return grouped
 
 
-def _truncated(graph: gs.Graph, name: str) -> onnx.ModelProto:
-    """The current graph cut after tensor `name`, so capturing it runs only what it depends on."""
+def _truncated(graph: gs.Graph, name: str, *more: str) -> onnx.ModelProto:
+    """The current graph cut after tensor `name` (and `more`), so capturing them runs only what they depend on."""
     from onnxopt.graphs import export_model
 
     sub = graph.copy()
-    tensor = sub.tensors()[name]
-    if tensor.dtype is None:
-        tensor.dtype = np.float32
-    sub.outputs = [tensor]
+    tensors = [sub.tensors()[n] for n in (name, *more)]
+    for tensor in tensors:
+        if tensor.dtype is None:
+            tensor.dtype = np.float32
+    sub.outputs = tensors
     sub.cleanup(remove_unused_graph_inputs=False)
     return export_model(sub)
 
@@ -371,11 +445,13 @@ def refit_layers(
     ridge: float = 1e-4,
     scarce_factor: int = 20,
     seed: int = 0,
+    scale_refit: bool = False,
 ) -> list[dict]:
     """Refit each target in order (ThiNet / He et al. 2017): inputs from the current graph, so
     earlier refits are seen by later ones, outputs from the reference. The ridge pulls toward the
     layer's current weights; when rows are scarce (fewer than `scarce_factor` per feature) its
-    strength is chosen by 2-fold cross-validation over the samples. Mutates the graph's weights;
+    strength is chosen by 2-fold cross-validation over the samples, and with `scale_refit` the
+    same folds choose between that full refit and per-input scales (scale_solve). Mutates the graph's weights;
     returns per-layer relative errors on the calibration rows before and after."""
     samples = list(data)
     rng = np.random.default_rng(seed)
@@ -386,10 +462,11 @@ def refit_layers(
         retry = []
         for reference, group in _by_reference(pending).items():
             names = list(dict.fromkeys(t.tensor for t in group))
-            session = make_session(_with_outputs(group[0].reference, names), opt_level="basic")
             for t in group:
                 positions[id(t)], outputs[id(t)] = [], []
             live = list(group)
+            names += [t.correction for t in group if t.correction and t.correction not in names]
+            session = make_session(_with_outputs(group[0].reference, names), opt_level="basic")
             for feeds in samples:
                 values = dict(zip(names, session.run(names, feeds)))
                 for t in list(live):
@@ -401,6 +478,8 @@ def refit_layers(
                         live.remove(t)
                         retry.append(t)
                         continue
+                    if t.correction:
+                        rows = rows + _output_rows(t.node, values[t.correction])
                     if t.channels is not None:
                         rows = rows[:, t.channels]
                     pick = np.sort(rng.choice(rows.shape[0], size=min(rows_per_sample, rows.shape[0]), replace=False))
@@ -410,13 +489,17 @@ def refit_layers(
     results = []
     for target in targets:
         node = target.node
-        fit_bias = node.op != "MatMul"
-        session = make_session(_truncated(graph, node.inputs[0].name), opt_level="basic")
+        separate_bias = bias_add(node)
+        fit_bias = node.op != "MatMul" or separate_bias is not None
+        extra = (target.correction,) if target.correction else ()
+        session = make_session(_truncated(graph, node.inputs[0].name, *extra), opt_level="basic")
         w_now, b_now = _linear_form(node)
         folds = [NormalEquations(), NormalEquations()]
         for i, (feeds, pick, y) in enumerate(zip(samples, positions[id(target)], outputs[id(target)])):
-            x = session.run(None, feeds)[0]
-            rows = _layer_rows(node, x, np.asarray(node.inputs[1].values))[pick]
+            values = session.run(None, feeds)
+            rows = _layer_rows(node, values[0], np.asarray(node.inputs[1].values))[pick]
+            if target.correction:
+                y = y - _output_rows(node, values[1])[pick]
             folds[i % 2].add(rows, y)
         stats = folds[0].merged(folds[1])
         if stats.rows == 0:
@@ -425,11 +508,26 @@ def refit_layers(
         chosen = ridge
         if stats.rows < scarce_factor * w_now.shape[0]:
             chosen = validated_ridge(folds, fit_bias=fit_bias, prior=w_now)
-        w_new, b_new = stats.solve(fit_bias=fit_bias, ridge=chosen, prior=w_now)
+        method = "full"
+        if scale_refit and stats.rows < scarce_factor * w_now.shape[0]:
+            # few rows per weight: keep the full refit only where it predicts held-out rows better
+            # than rescaling the kept inputs (and than leaving the layer as it is)
+            def full(s, fit_bias=fit_bias, chosen=chosen, w_now=w_now):
+                return s.solve(fit_bias=fit_bias, ridge=chosen, prior=w_now)
+
+            def scaled(s, fit_bias=fit_bias, w_now=w_now):
+                return _scale_fit(s, w_now, fit_bias)
+
+            errors = {"full": _held_out_error(folds, full), "scale": _held_out_error(folds, scaled)}
+            method = min(errors, key=errors.get)
+        w_new, b_new = stats.solve(fit_bias=fit_bias, ridge=chosen, prior=w_now) if method == "full" else _scale_fit(stats, w_now, fit_bias)
         after = stats.relative_error(w_new, b_new)
         if after < before:
-            _write_linear(node, w_new, b_new if fit_bias else None, node.name or node.outputs[0].name)
-        results.append({"layer": node.name, "rows": stats.rows, "ridge": chosen, "error_before": before, "error_after": min(after, before)})
+            name = node.name or node.outputs[0].name
+            _write_linear(node, w_new, b_new if fit_bias and separate_bias is None else None, name)
+            if separate_bias is not None:
+                _shift_bias(*separate_bias, b_new, name)
+        results.append({"layer": node.name, "rows": stats.rows, "ridge": chosen, "method": method, "error_before": before, "error_after": min(after, before)})
     return results
 
 

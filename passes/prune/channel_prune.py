@@ -6,6 +6,10 @@ each pruned group, so the model gets physically smaller and faster. Without retr
 layers that read a pruned group are then refit by least squares on calibration data so their
 outputs match the teacher's (reconstruct.refit_layers, He et al. 2017 / ThiNet).
 
+Attention heads (heads.py) are groups too. With a FLOPs target and calibration data the budget is
+global (search.py): every channel group and attention block gets an output-error cost curve and
+MACs go where they cost least; otherwise one uniform ratio applies, as in the first round.
+
 Lossy by design (exact = False): the report records MACs and parameters before and after, the
 ratio of every group, the groups left alone and why, and each refit layer's error on the
 calibration data before and after its refit.
@@ -23,10 +27,19 @@ import onnx_graphsurgeon as gs
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.graphs import export_model
 from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
+from onnxopt.passes.prune.heads import find_attention, remove_heads
 from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
 from onnxopt.passes.prune.removal import remove_channels
+from onnxopt.passes.prune.search import SearchResult, attention_report, global_search, uniform_heads
 from onnxopt.passes.prune.selection import obs_ranking
-from onnxopt.passes.reconstruct import LayerTarget, channel_energy, input_grams, refittable
+from onnxopt.passes.reconstruct import (
+    LayerTarget,
+    channel_energy,
+    input_grams,
+    refit_layers,
+    refittable,
+    residual_input,
+)
 from onnxopt.passes.structural import StructuralPass
 from onnxopt.pipeline import PassContext, PassResult, option, register_pass
 
@@ -48,6 +61,11 @@ class ChannelPruneConfig:
     rows_per_sample: int = option(512, "output positions per sample used in each least-squares refit")
     ridge: float = option(1e-4, "ridge term of the refit, relative to the mean input energy")
     gram_memory_mb: int = option(1024, "memory for the input Gram matrices the obs criterion captures at once")
+    allocation: Literal["auto", "uniform", "global"] = option("auto", "how a flops_target is spread: global = one budget over every group and attention block by measured output error (auto: global with calibration data); uniform = one ratio everywhere")
+    heads: bool = option(True, "prune attention heads (Q/K/V columns, head count, output projection rows) as groups")
+    probe_samples: int = option(32, "calibration samples on which the global allocation measures each group's output error")
+    scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
+    propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
 
 
 def _check_config(cfg: ChannelPruneConfig) -> None:
@@ -107,43 +125,53 @@ class ChannelPrune(StructuralPass):
             else:
                 candidates.append(group)
 
-        energy = None
-        if criterion == "activation":
-            energy = self._energy(graph, analysis, candidates, calibration)
-        if criterion == "obs":
-            scores = self._obs_scores(graph, candidates, calibration, ctx)
-        else:
-            scores = {g.gid: group_importance(g, criterion, energy) for g in candidates}
-
+        head_groups, heads_blocked = find_attention(graph) if cfg.heads else ([], [])
         ratio = DEFAULT_RATIO if cfg.ratio is None and cfg.flops_target is None else (cfg.ratio or 0.0)
-        counts = None
-        if cfg.flops_target is not None:
-            ratio, predicted, counts = ratio_for_flops(
-                analysis, candidates, scores, cfg.flops_target, cfg.layer_ratios, cfg.round_to, cfg.min_channels, node_macs_at, before["macs"]
+        search: SearchResult | None = None
+        if self._global(calibration):
+            samples = list(calibration)
+            search = global_search(
+                graph, analysis, candidates, head_groups, samples, node_macs_at, before["macs"], cfg.flops_target,
+                round_to=cfg.round_to, min_channels=cfg.min_channels, rows_per_sample=cfg.rows_per_sample,
+                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed,
             )
-            if predicted > cfg.flops_target * before["macs"] * 1.001:
-                ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {predicted / max(before['macs'], 1):.0%}")
-        masks = plan(candidates, scores, ratio, cfg.layer_ratios, cfg.round_to, cfg.min_channels, counts)
-        if not masks:
+            masks, kept_heads, ratio = search.masks, search.heads, 0.0
+            criterion = "output-error (global)"
+            if search.predicted_macs > cfg.flops_target * before["macs"] * 1.001:
+                ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {search.predicted_macs / max(before['macs'], 1):.0%}")
+        else:
+            masks, ratio = self._uniform_masks(graph, analysis, candidates, calibration, criterion, ratio, node_macs_at, before, ctx)
+            kept_heads = uniform_heads(graph, head_groups, ratio, calibration, cfg.rows_per_sample, ctx.seed) if cfg.ratio is not None else {}
+        if not masks and not kept_heads:
             self.publish(ctx, self._report(analysis, candidates, skipped, masks, before, before, ratio, criterion, [], ctx))
             return PassResult(changed=False, stats={"groups_pruned": 0, "blocked": sum(1 for g in analysis.groups if g.blocked)})
 
         reference_before = self.reference_before(graph, calibration)
         kept = remove_channels(graph, analysis, masks)
+        head_sizes = {}
+        for index, heads_kept in kept_heads.items():
+            group = head_groups[index]
+            head_sizes[group.name] = (group.heads, len(heads_kept))
+            remove_heads(graph, group, heads_kept)
+        graph.cleanup().toposort()
 
         fits = []
         if cfg.reconstruct and calibration is not None:
-            fits = self._reconstruct(graph, analysis, kept, reference_before, calibration, ctx)
+            heads_refit = [head_groups[i].output for i in kept_heads]
+            fits = self._reconstruct(graph, analysis, kept, reference_before, calibration, ctx, heads_refit)
         elif cfg.reconstruct:
             ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
 
         after = self.costs_after(graph, ctx)
-        self.publish(ctx, self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx))
-        ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}}
+        report = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
+        report.update(attention_report(head_groups, heads_blocked, head_sizes, search, fits))
+        self.publish(ctx, report)
+        ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}, "heads": {n: k for n, (_, k) in head_sizes.items()}}
         return PassResult(
             changed=True,
             stats={
                 "groups_pruned": len(masks),
+                "heads_removed": sum(n - k for n, k in head_sizes.values()),
                 "macs_before": before["macs"],
                 "macs_after": after["macs"],
                 "params_before": before["parameters"],
@@ -151,6 +179,36 @@ class ChannelPrune(StructuralPass):
                 "layers_refit": len(fits),
             },
         )
+
+    def _global(self, calibration) -> bool:
+        """Whether a flops target is spread by the global output-error allocation."""
+        cfg = self.config
+        if cfg.flops_target is None or cfg.allocation == "uniform":
+            return False
+        if calibration is None:
+            if cfg.allocation == "global":
+                raise CalibrationError("channel-prune: allocation=global measures output error on calibration data; pass --calib DATA or set allocation=uniform")
+            return False
+        return True
+
+    def _uniform_masks(self, graph, analysis, candidates, calibration, criterion, ratio, node_macs_at, before, ctx) -> tuple[dict[int, np.ndarray], float]:
+        """The first round's plan: one ratio for every group (bisected for a flops target)."""
+        cfg = self.config
+        energy = None
+        if criterion == "activation":
+            energy = self._energy(graph, analysis, candidates, calibration)
+        if criterion == "obs":
+            scores = self._obs_scores(graph, candidates, calibration, ctx)
+        else:
+            scores = {g.gid: group_importance(g, criterion, energy) for g in candidates}
+        counts = None
+        if cfg.flops_target is not None:
+            ratio, predicted, counts = ratio_for_flops(
+                analysis, candidates, scores, cfg.flops_target, cfg.layer_ratios, cfg.round_to, cfg.min_channels, node_macs_at, before["macs"]
+            )
+            if predicted > cfg.flops_target * before["macs"] * 1.001:
+                ctx.warn(f"channel-prune: cannot reach {cfg.flops_target:.0%} of the MACs with the prunable groups; best plan keeps {predicted / max(before['macs'], 1):.0%}")
+        return plan(candidates, scores, ratio, cfg.layer_ratios, cfg.round_to, cfg.min_channels, counts), ratio
 
     def _criterion(self, calibration, ctx: PassContext) -> str:
         requested = self.config.importance
@@ -194,7 +252,7 @@ class ChannelPrune(StructuralPass):
             flush()
         return scores
 
-    def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx) -> list[dict]:
+    def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx, extra_nodes=()) -> list[dict]:
         order = {id(n): i for i, n in enumerate(graph.nodes)}
         targets, seen = [], set()
         for node, in_key in analysis.refit:
@@ -208,8 +266,26 @@ class ChannelPrune(StructuralPass):
             out = node.outputs[0].name
             original = analysis.dims[out].length if out in analysis.dims else None
             reference = self.reference_for(out, ctx, reference_before)
-            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before))
-        return self.refit(graph, targets, calibration, ctx)
+            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before, self._correction(node, reference, ctx)))
+        for node in extra_nodes:  # output projections of pruned attention blocks: same outputs, fewer inputs
+            if id(node) in seen or id(node) not in order:
+                continue
+            seen.add(id(node))
+            out = node.outputs[0].name
+            reference = self.reference_for(out, ctx, reference_before)
+            targets.append(LayerTarget(node, reference, out, None, None, reference_before, self._correction(node, reference, ctx)))
+        targets.sort(key=lambda t: order[id(t.node)])
+        cfg = self.config
+        return refit_layers(graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed, scale_refit=cfg.scale_refit)
+
+    def _correction(self, node, reference, ctx) -> str | None:
+        """The residual stream the layer writes into, when the reference model has that tensor too."""
+        if not self.config.propagate:
+            return None
+        name = residual_input(node)
+        if name is None or (reference is ctx.teacher and self.reference_for(name, ctx, None) is None):
+            return None
+        return name
 
     def _report(self, analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx) -> dict:
         groups = []

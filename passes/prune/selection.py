@@ -54,6 +54,13 @@ class _Consumer:
         w_b = self.weights[b]
         return float(np.sum(w_b * np.linalg.solve(self.inverse[np.ix_(b, b)], w_b))) / self.energy
 
+    def costs(self, classes: list[int]) -> np.ndarray:
+        """cost() of many classes at once; vectorized when every class is one input feature."""
+        if self.per == 1 and all(len(self.features_of.get(c, ())) == 1 for c in classes):
+            b = np.searchsorted(self.live, np.array([self.features_of[c][0] for c in classes]))
+            return np.sum(self.weights[b] ** 2, axis=1) / self.inverse[b, b] / self.energy
+        return np.array([self.cost(c) for c in classes])
+
     def remove(self, classes: list[int]) -> None:
         blocks = [self._local(c) for c in classes if c in self.features_of]
         if not blocks:
@@ -89,7 +96,7 @@ def obs_ranking(group: ChannelGroup, grams: dict[int, np.ndarray], keep_at_least
     to_remove = max(group.n_classes - keep_at_least, 0)
     per_step = max(1, -(-to_remove // chunks))
     while len(alive) > keep_at_least:
-        costs = np.array([sum(c.cost(cls) for c in consumers) for cls in alive])
+        costs = sum(c.costs(alive) for c in consumers)
         take = min(per_step, len(alive) - keep_at_least)
         chosen = [alive[i] for i in np.argsort(costs, kind="stable")[:take]]
         for cls in chosen:
@@ -99,7 +106,7 @@ def obs_ranking(group: ChannelGroup, grams: dict[int, np.ndarray], keep_at_least
             consumer.remove(chosen)
         alive = [cls for cls in alive if cls not in set(chosen)]
     if alive:
-        final = np.array([sum(c.cost(cls) for c in consumers) for cls in alive])
+        final = sum(c.costs(alive) for c in consumers)
         for rank, i in enumerate(np.argsort(final, kind="stable")):
             score[alive[i]] = step + rank
     return score + 1.0
