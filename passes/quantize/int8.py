@@ -48,6 +48,7 @@ from onnxopt.passes.quantize.qdq import QParams, QuantWeight, build_qdq_model, q
 from onnxopt.passes.quantize.stats import collect_statistics
 from onnxopt.passes.quantize.weights import bias_corrections, gptq_ready, gptq_weights, round_to_nearest
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
+from onnxopt.upgrade import default_opset
 
 MIN_OPSET = 13  # per-channel DequantizeLinear
 
@@ -100,7 +101,7 @@ def _prepared_float_model(graph: gs.Graph, ctx: PassContext) -> tuple[onnx.Model
     }
     _name_nodes(graph)
     model = export_model(graph, ctx.teacher)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model) or 0
     if opset < MIN_OPSET:
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
