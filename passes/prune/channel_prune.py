@@ -30,7 +30,7 @@ from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
 from onnxopt.passes.prune.heads import find_attention, remove_heads
 from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
 from onnxopt.passes.prune.removal import remove_channels
-from onnxopt.passes.prune.search import SearchResult, attention_report, global_search, uniform_heads
+from onnxopt.passes.prune.search import SearchResult, attention_report, global_search, pruned_report, uniform_heads
 from onnxopt.passes.prune.selection import obs_ranking
 from onnxopt.passes.reconstruct import (
     LayerTarget,
@@ -44,6 +44,7 @@ from onnxopt.passes.structural import StructuralPass
 from onnxopt.pipeline import PassContext, PassResult, option, register_pass
 
 DEFAULT_RATIO = 0.3
+AUTO_ROUNDS_ATTENTION = 4  # MiniLM-L6 at --prune-flops 0.6: see benchmarks/results/prune.md
 DEFAULT_CRITERION = "obs"  # best measured with reconstruction on the Fashion-MNIST CNN (benchmarks/results/prune.md)
 
 
@@ -66,6 +67,7 @@ class ChannelPruneConfig:
     probe_samples: int = option(32, "calibration samples on which the global allocation measures each group's output error")
     scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
     propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
+    search_rounds: int = option(0, "rounds of the global allocation: each re-measures the cost curves on the model as pruned so far and spends its share of the budget (0 = auto: 4 with attention blocks, where joint damage outgrows the per-unit costs; 1 otherwise)")
 
 
 def _check_config(cfg: ChannelPruneConfig) -> None:
@@ -78,6 +80,8 @@ def _check_config(cfg: ChannelPruneConfig) -> None:
     for pattern, value in cfg.layer_ratios.items():
         if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
             raise ConfigError(f"channel-prune: layer_ratios[{pattern!r}] must be a ratio in [0, 1), got {value!r}")
+    if cfg.search_rounds < 0:
+        raise ConfigError(f"channel-prune: search_rounds must be 0 (auto) or a positive number of rounds, got {cfg.search_rounds}")
     if cfg.min_channels < 1 or cfg.round_to < 1:
         raise ConfigError("channel-prune: min_channels and round_to must be at least 1")
 
@@ -134,6 +138,7 @@ class ChannelPrune(StructuralPass):
                 graph, analysis, candidates, head_groups, samples, node_macs_at, before["macs"], cfg.flops_target,
                 round_to=cfg.round_to, min_channels=cfg.min_channels, rows_per_sample=cfg.rows_per_sample,
                 probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed,
+                rounds=cfg.search_rounds or (AUTO_ROUNDS_ATTENTION if head_groups else 1),
             )
             masks, kept_heads, ratio = search.masks, search.heads, 0.0
             criterion = "output-error (global)"
@@ -165,6 +170,7 @@ class ChannelPrune(StructuralPass):
         after = self.costs_after(graph, ctx)
         report = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
         report.update(attention_report(head_groups, heads_blocked, head_sizes, search, fits))
+        report.update(pruned_report(report, analysis, head_groups, head_sizes, fits))
         self.publish(ctx, report)
         ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}, "heads": {n: k for n, (_, k) in head_sizes.items()}}
         return PassResult(
