@@ -5,6 +5,12 @@ replaced by the measured output error of each unit at each size (importance.py):
 neurons (or conv channels) of every layer compete for one MACs budget (budget.py), and which
 classes of a unit go is decided by greedy OBS on its consumers (the mask rearrangement step).
 The least-squares mask tuning is reconstruct.refit_layers, run by the pass after removal.
+
+Costs measured one unit at a time add up to less than the damage of pruning them together
+(MiniLM-L6 at 0.6x MACs: summed unit costs ~0.36 of relative output error, far below what the
+pruned model lost), so the search can run in rounds: each round re-measures every unit's cost on
+the model as pruned so far and spends its share of the budget. Probe errors leave out padding
+positions (the token mask the attention blocks are built from), which no real token attends to.
 """
 
 from __future__ import annotations
