@@ -76,6 +76,7 @@ class QuantizeInt8Config:
     latency_regions: int = option(4, "contiguous regions the never-slower-than-float check decides on when the int8 model is not faster")
     reduce_range: Literal["auto", "on", "off"] = option("auto", "ORT: 7-bit weights (-63..63) so the u8 x s8 products of ORT's AVX2 int8 GEMM kernels cannot saturate their int16 sums (depthwise convs keep 8 bits: their kernel sums in int32); auto: on for x86 CPUs without VNNI")
     bins: int = option(4096, "histogram bins per activation tensor")
+    gptq_damp: float = option(0.05, "GPTQ damping, as a fraction of the mean diagonal of the inputs' Gram matrix (one value: each one tried costs a GPTQ run per layer)")
     gptq_max_columns: int = option(4608, "layers with more inputs per output channel are rounded to nearest")
     gptq_rows: int = option(2048, "input rows sampled per calibration sample for GPTQ statistics")
 
@@ -144,7 +145,8 @@ class QuantizeInt8(Pass):
         specs = {**plan.weights, **dynamic_specs}
         nodes = {n.name: n for n in fg.nodes}
         gram_layers = {n for n, spec in specs.items() if cfg.rounding == "gptq" and gptq_ready(nodes[n], spec, cfg.gptq_max_columns)}
-        stat_layers = {n: nodes[n] for n in gram_layers}
+        mean_layers = {n for n, spec in plan.weights.items() if cfg.bias_correction and _bias_correctable(nodes[n], spec)}
+        stat_layers = {n: nodes[n] for n in sorted(gram_layers | mean_layers, key=list(nodes).index)}
         stats = collect_statistics(float_model, list(plan.activations), stat_layers, gram_layers, data, bins=cfg.bins,
                                    rows_per_sample=cfg.gptq_rows, seed=ctx.seed)
         seen = stats.samples
@@ -162,7 +164,7 @@ class QuantizeInt8(Pass):
         choice = self._choose_matmul_mode(state, fidelity, data, ctx)
         clock.lap("matmul_mode")
         if cfg.bias_correction:
-            self._correct_biases(state, data)
+            self._correct_biases(state, stats)
             clock.lap("bias_correction")
         if cfg.latency_aware and rules.name == "ort":
             self._latency_fallback(state, data, ctx)
@@ -258,7 +260,7 @@ class QuantizeInt8(Pass):
     def _weights(self, graph, specs, stats, qmax: dict[str, int]) -> tuple[dict[str, QuantWeight], dict[str, str]]:
         cfg = self.config
         if cfg.rounding == "gptq":
-            return gptq_weights(graph, specs, stats, scale_method=cfg.weight_scales, max_columns=cfg.gptq_max_columns, qmax=qmax)
+            return gptq_weights(graph, specs, stats, scale_method=cfg.weight_scales, max_columns=cfg.gptq_max_columns, damps=(cfg.gptq_damp,), qmax=qmax)
         nodes = {n.name: n for n in graph.nodes}
         return {name: round_to_nearest(nodes[name], spec, cfg.weight_scales, qmax[name]) for name, spec in specs.items()}, {name: "nearest" for name in specs}
 
@@ -278,14 +280,14 @@ class QuantizeInt8(Pass):
             return f"static (drop {static_drop:.3g} vs dynamic {dynamic_drop:.3g})"
         return f"dynamic (drop {dynamic_drop:.3g} vs static {static_drop:.3g})"
 
-    def _correct_biases(self, state: _State, data) -> None:
+    def _correct_biases(self, state: _State, stats) -> None:
         """Shift each int8 layer's bias by the mean error its rounded weights make on its real inputs."""
         nodes = {n.name: n for n in state.graph.nodes}
         plan = state.plan_now()
         specs = {name: spec for name, spec in plan.weights.items() if _bias_correctable(nodes[name], spec)}
         if not specs:
             return
-        for name, shift in bias_corrections(state.build(), state.graph, specs, state.weights, data).items():
+        for name, shift in bias_corrections(state.graph, specs, state.weights, stats).items():
             node = nodes[name]
             base = np.asarray(node.inputs[2].values, np.float32) if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) else np.zeros_like(shift)
             state.weights[name].bias = (base + shift).astype(np.float32)
@@ -490,4 +492,5 @@ class _State:
     def build(self, extra_float: set[str] = frozenset()) -> onnx.ModelProto:
         plan = self.plan_now(extra_float)
         dynamic = {n: self.weights[n] for n in self.dynamic if n not in self.why_float and n not in extra_float}
-        return build_qdq_model(self.float_model, plan, self.params, self.weights, dynamic=dynamic, int32_bias=self.rules.int32_bias)
+        return build_qdq_model(self.float_model, plan, self.params, self.weights, dynamic=dynamic, int32_bias=self.rules.int32_bias,
+                               for_ort=self.rules.name == "ort")

@@ -37,3 +37,35 @@ def test_gram_matrices_over_the_memory_budget_take_more_passes():
     stats = collect_statistics(model, ["r1"], layers, {"conv1", "conv2"}, data, bins=256, memory_budget=1)
     assert stats.passes == 2 and stats.samples == 4 and len(stats.reference) == 4
     assert all(stats.layers[n].fit is not None for n in layers)
+
+
+def test_sampled_conv_rows_are_the_rows_of_the_full_unfolding():
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.passes.quantize.stats import _input_rows
+
+    r = np.random.default_rng(0)
+    cases = [({"group": 3, "pads": [1, 0, 1, 2], "strides": [2, 1]}, (6, 2, 3, 3), (2, 6, 17, 15)),
+             ({"pads": [1, 1, 1, 1], "dilations": [2, 2]}, (4, 3, 3, 3), (1, 3, 20, 20)),
+             ({}, (5, 8, 1, 1), (1, 8, 30, 30))]
+    for attrs, wshape, xshape in cases:
+        x = r.standard_normal(xshape).astype(np.float32)
+        node = gs.Node("Conv", attrs=attrs, inputs=[gs.Variable("x"), gs.Constant("w", np.zeros(wshape, np.float32))], outputs=[gs.Variable("y")])
+        sampled = _input_rows(x, node, 100, np.random.default_rng(3))
+        full = layer_input_rows(x, "Conv", attrs, wshape, max_rows=100, rng=np.random.default_rng(3))
+        np.testing.assert_array_equal(sampled, full)
+
+
+def test_layer_input_means_for_bias_correction():
+    model, data = conv_net(), images(5)
+    nodes = {n.name: n for n in import_graph(model).nodes}
+    stats = collect_statistics(model, [], {"conv2": nodes["conv2"]}, set(), data, bins=64, rows_per_sample=10_000)
+    r1 = np.concatenate([run_all(_with_r1(model), [d])[0]["r1"] for d in data])  # (5, 8, 8, 8)
+    np.testing.assert_allclose(stats.layers["conv2"].mean[0], r1.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert stats.layers["conv2"].fit is None  # no Gram matrix asked for
+
+
+def _with_r1(model):
+    from onnxopt.passes.reconstruct import with_outputs
+
+    return with_outputs(model, ["r1"])
