@@ -12,7 +12,9 @@ and the finished model is compared with the float one (paired, in context): when
 faster, regions of the graph that run faster in float go float, and if int8 still cannot beat
 float the model stays float with a warning (report: latency_vs_float). On x86 CPUs without VNNI,
 ORT weights are 7-bit (depthwise convs excepted) because ORT's u8s8 GEMM kernels saturate.
-All calibration statistics come from one streamed pass (stats.py). It is lossy (exact = False):
+A layer left float reads a per-channel DequantizeLinear, because ORT would otherwise quantize
+its float weights itself (per tensor, 8-bit). All calibration statistics, bias correction's
+input means included, come from one streamed pass (stats.py). It is lossy (exact = False):
 the report carries the measured fidelity and the list of float layers with why.
 """
 
