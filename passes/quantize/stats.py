@@ -132,7 +132,7 @@ def _update_layer(acc: LayerInputs, node: gs.Node, x: np.ndarray, with_gram: boo
     total = rows.sum(axis=0, dtype=np.float64)
     acc.total = total if acc.total is None else acc.total + total
     if with_gram:
-        h = gram(rows)
+        h = gram(rows).astype(np.float32)  # stored in float32: half the memory of the largest statistics (GPTQ solves in float64)
         if fit_half:
             acc.fit = h if acc.fit is None else acc.fit + h
         else:

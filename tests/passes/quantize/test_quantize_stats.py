@@ -26,8 +26,9 @@ def test_one_pass_matches_the_separate_collections():
         np.testing.assert_allclose(ref["logits"], out["logits"], rtol=1e-6)
     conv1 = nodes["conv1"]
     rows = [layer_input_rows(d["x"], "Conv", conv1.attrs, tuple(conv1.inputs[1].shape)) for d in data]
-    np.testing.assert_allclose(stats.layers["conv1"].fit, sum(gram(r) for r in rows[0::2]), rtol=1e-5)
-    np.testing.assert_allclose(stats.layers["conv1"].held_out, sum(gram(r) for r in rows[1::2]), rtol=1e-5)
+    for got, want in ((stats.layers["conv1"].fit, sum(gram(r) for r in rows[0::2])), (stats.layers["conv1"].held_out, sum(gram(r) for r in rows[1::2]))):
+        assert got.dtype == np.float32  # stored in float32 (memory)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_gram_matrices_over_the_memory_budget_take_more_passes():
