@@ -77,6 +77,7 @@ def global_search(
     probe_samples: int = 32,
     gram_memory_mb: int = 1024,
     seed: int = 0,
+    compensation: str = "scale",
 ) -> SearchResult:
     """Masks for channel groups and kept heads meeting `keep_fraction` of the MACs at least output cost."""
     units = [Unit("channels", f"channels:{g.gid}:{g.name}", g.n_classes, g, channel_consumers(g)) for g in channel_groups]
@@ -102,7 +103,7 @@ def global_search(
     probe = probe[:probe_samples]
     reference_session = make_session(export_model(graph), opt_level="basic")
     reference = [reference_session.run(None, feeds) for feeds in probe]
-    output_costs(graph, units, grams, probe, reference)
+    output_costs(graph, units, grams, probe, reference, compensation)
     for unit in units:
         if unit.name in measured_levels:
             interpolate(unit, measured_levels[unit.name])

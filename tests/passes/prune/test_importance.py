@@ -61,3 +61,32 @@ def test_scale_solve_recovers_the_scales_that_generated_the_output():
     y = x @ (scales[:, None] * w)
     found = scale_solve(x.T @ x, x.T @ y, w, ridge=1e-9)
     np.testing.assert_allclose(found, scales, rtol=1e-5)
+
+
+def test_full_compensation_makes_a_duplicate_channel_free_where_rescaling_cannot():
+    from tests.passes.prune import prune_graphs as nets
+
+    net = nets.Net(3)
+    y = net.op("Relu", [net.conv("x", 3, 8, k=1, name="a")], "a.relu")
+    y = net.conv(y, 8, 8, k=1, name="b")
+    model = net.model(net.head(y, 8))
+    weights = {i.name: i for i in model.graph.initializer}
+    w = onnx.numpy_helper.to_array(weights["a.w1"]).copy()
+    b = onnx.numpy_helper.to_array(weights["a.b2"]).copy()
+    w[5], b[5] = w[2], b[2]  # channel 5 duplicates channel 2: b can read it from channel 2
+    weights["a.w1"].CopyFrom(onnx.numpy_helper.from_array(w, "a.w1"))
+    weights["a.b2"].CopyFrom(onnx.numpy_helper.from_array(b, "a.b2"))
+    graph = import_graph(model)
+    get_pass("shape-inference")(symbolic=False).run(graph, PassContext())
+    samples = nets.samples(model, 12)
+    reference = [list(run_model(model, f).values()) for f in samples]
+    group = next(g for g in analyse(graph).groups if g.prunable and g.producers[0].name == "a")
+    costs = {}
+    for compensation in ("scale", "full"):
+        unit = Unit("channels", "a", 8, group, channel_consumers(group))
+        unit.ranking = np.array([1, 1, 1, 1, 1, 0, 1, 1], float)  # channel 5 goes first
+        unit.levels = [8, 7]
+        grams = input_grams(model, [c.node for c in unit.consumers], samples, centered=False)
+        output_costs(graph, [unit], grams, samples, reference, compensation)
+        costs[compensation] = unit.cost[7]
+    assert costs["full"] < 1e-5 and costs["scale"] > 100 * costs["full"]  # the ridge leaves a trace

@@ -283,3 +283,19 @@ def test_obs_finds_a_redundant_channel_and_reconstruction_makes_its_removal_exac
     assert len(kept) == 7 and (2 in kept) != (5 in kept)
     for feeds in calib:
         np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-3, atol=1e-4)
+
+
+def test_a_view_flatten_with_symbolic_size_leaves_the_classifier_input_prunable():
+    model = nets.view_flatten_cnn()
+    graph, analysis = groups_of(model)
+    reshape = next(n for n in graph.nodes if n.op == "Reshape")
+    group = group_with(analysis, "a.conv")
+    assert group.prunable and [c.name for c in group.consumers] == ["fc"]
+    assert reshape.outputs[0].shape[1] == 16  # the flattened size, now known
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    pruned, _, ctx = prune(model, calib, ratio=0.5, importance="obs", reconstruct=False)
+    assert ctx.artifacts["channel-prune"]["kept"]["a.relu.out"] == list(range(8))  # the channels fc ignores went
+    assert weight_shapes(pruned) == {"a.conv": (8, 3, 3, 3), "fc": (5, 8)}
+    for feeds in calib + [{"x": rng.standard_normal((5, 3, 8, 8)).astype(np.float32)}]:
+        np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-5, atol=1e-5)
