@@ -196,9 +196,16 @@ def fidelity(name: str, original: onnx.ModelProto, pruned: onnx.ModelProto) -> d
     return result
 
 
+ZOO_MODELS = ("efficientnet_lite0", "ppocr_cls", "ppocr_rec", "ppocr_det")
+
+
 def section_zoo(iters: int, ratio: float = 0.3, samples: int = 32) -> list[dict]:
-    rows = []
-    for name in ("efficientnet_lite0", "ppocr_cls", "ppocr_rec", "ppocr_det"):
+    """Every zoo model, or those named in ONNXOPT_BENCH_ZOO (comma-separated): the other models
+    keep their rows from the last results file."""
+    chosen = [m for m in os.environ.get("ONNXOPT_BENCH_ZOO", ",".join(ZOO_MODELS)).split(",") if m]
+    previous = json.loads((RESULTS / "prune.json").read_text()).get("zoo", []) if (RESULTS / "prune.json").exists() else []
+    rows = [r for r in previous if r["model"] not in chosen]
+    for name in chosen:
         if not (ZOO / name / "model.onnx").exists():
             print(f"skip {name}: not in the zoo cache ({ZOO})", flush=True)
             continue
@@ -217,7 +224,7 @@ def section_zoo(iters: int, ratio: float = 0.3, samples: int = 32) -> list[dict]
             row["compile_s"] = round(seconds, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    return rows
+    return sorted(rows, key=lambda r: ZOO_MODELS.index(r["model"]) if r["model"] in ZOO_MODELS else len(ZOO_MODELS))
 
 
 # -- minilm ----------------------------------------------------------------------------------------

@@ -299,3 +299,33 @@ def test_a_view_flatten_with_symbolic_size_leaves_the_classifier_input_prunable(
     assert weight_shapes(pruned) == {"a.conv": (8, 3, 3, 3), "fc": (5, 8)}
     for feeds in calib + [{"x": rng.standard_normal((5, 3, 8, 8)).astype(np.float32)}]:
         np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_global_allocation_in_rounds_meets_the_target_and_records_each_step():
+    model = nets.depthwise_cnn()
+    calib = nets.samples(model, 16)
+    pruned, result, ctx = prune(model, calib, flops_target=0.6, rounds=2, min_channels=4, round_to=4, probe_samples=8, probe_compensation="full")
+    report = ctx.artifacts["report:channel-prune"]
+    assert result.changed and result.stats["rounds"] == 2 and len(report["rounds"]) == 2
+    assert report["macs_after"] <= 0.6 * report["macs_before"] * 1.001
+    first = report["rounds"][0]
+    assert report["macs_after"] < first["macs_after"] <= 0.8 * report["macs_before"] * 1.001  # half the removal per step
+    assert report["macs_before"] == first["macs_before"]
+    shapes = weight_shapes(pruned)
+    assert shapes["expand.conv"][0] == shapes["dw.conv"][0] == shapes["project.conv"][1]  # the block's channels stay coherent
+    assert shapes["expand.conv"][0] < 48 or shapes["stem.conv"][0] < 16
+    onnx.checker.check_model(pruned)
+    out, ref = run_model(pruned, calib[0])["y"], run_model(model, calib[0])["y"]
+    assert out.shape == ref.shape and np.isfinite(out).all()
+
+
+def test_refit_downstream_also_refits_depthwise_and_later_layers_against_the_teacher():
+    model = nets.depthwise_cnn()
+    calib = nets.samples(model, 16)
+    _, _, ctx = prune(model, calib, ratio=0.25, skip=("stem.*",), refit_downstream="conv", min_channels=4, round_to=4)
+    fits = {f["layer"]: f for f in ctx.artifacts["report:channel-prune"]["reconstruction"]}
+    assert fits["dw.conv"]["method"] == "depthwise"  # the pruned block's depthwise conv, per channel
+    assert fits["project.conv"]["error_after"] < fits["project.conv"]["error_before"]
+    assert set(fits) == {"expand.conv", "dw.conv", "project.conv"}  # from the first pruned layer on; the Gemm is not a Conv
+    for fit in fits.values():
+        assert fit["error_after"] <= fit["error_before"]
