@@ -210,12 +210,12 @@ def section_zoo(iters: int, ratio: float = 0.3, samples: int = 32) -> list[dict]
             print(f"skip {name}: not in the zoo cache ({ZOO})", flush=True)
             continue
         original = onnx.load(ZOO / name / "model.onnx")
-        settings = [(ratio, False), (ratio, True)] + ([(0.1, True), ("flops", 0.8)] if name == "efficientnet_lite0" else [])
-        for ratio_, reconstruct in settings:
-            entry = {"name": "channel-prune", "ratio": ratio_, "reconstruct": reconstruct, "calib_samples": samples}
-            if ratio_ == "flops":  # the global allocation at a FLOPs target
-                entry = {"name": "channel-prune", "flops_target": reconstruct, "calib_samples": samples}
-                ratio_, reconstruct = f"flops {reconstruct}", True
+        settings = [(ratio, {"ratio": ratio, "reconstruct": False}), (ratio, {"ratio": ratio})]
+        if name == "efficientnet_lite0":  # and the global allocation at a FLOPs target (issue 17's case)
+            settings += [(0.1, {"ratio": 0.1}), ("flops 0.8", {"flops_target": 0.8}), ("flops 0.8, rounds 3", {"flops_target": 0.8, "rounds": 3})]
+        for ratio_, options in settings:
+            entry = {"name": "channel-prune", "calib_samples": samples, **options}
+            reconstruct = options.get("reconstruct", True)
             pruned, report, seconds = prune(original, entry, calibration=str(ZOO / name / "calib"))
             row = {"model": name, "ratio": ratio_, "criterion": report["criterion"], "reconstruct": reconstruct, **size_row(report)}
             row.update(fidelity(name, original, pruned))

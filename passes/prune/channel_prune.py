@@ -68,7 +68,7 @@ class ChannelPruneConfig:
     scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
     propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
     rounds: int = option(1, "spread the global allocation over this many steps, each measuring costs on the model the earlier steps pruned and refit")
-    probe_compensation: Literal["scale", "full"] = option("scale", "how the global allocation compensates a probed unit's consumers: scale = rescale the kept inputs, full = least-squares refit over them (as reconstruction does)")
+    probe_compensation: Literal["scale", "full", "conv"] = option("conv", "how the global allocation compensates a probed unit's consumers: scale = rescale the kept inputs, full = least-squares refit over them (as reconstruction does), conv = full for Conv consumers (every output position is a row), scale for the others")
     contiguous_folds: bool = option(False, "held-out refit choices split the calibration samples into halves (not alternately), so consecutive samples of one source stay in one fold")
     refit_downstream: Literal["none", "conv", "all"] = option("none", "also refit the layers after the first pruned one that read no pruned channel (conv: Conv layers only), so they absorb the error pruning left in their inputs; each keeps its weights unless held-out calibration rows favour the refit")
 

@@ -158,7 +158,8 @@ def output_costs(
     """Fill each unit's cost curve: relative output error at every level. Every consumer's weight
     becomes a graph input of one probe session; a run feeds the probed unit's changed weights and
     every other consumer's own. `compensation`: "scale" rescales the kept inputs, "full" refits
-    the consumer by least squares (compensated_weight)."""
+    the consumer by least squares (compensated_weight), "conv" does that for Conv consumers only
+    (many rows per weight: every output position) and rescales the others."""
     fresh = FreshNames(graph)
     saved_inputs = list(graph.inputs)
     names: dict[tuple[int, int], str] = {}
@@ -193,7 +194,8 @@ def output_costs(
             weights = dict(defaults)
             for consumer in unit.consumers:
                 gram = grams.get(id(consumer.node))
-                fitted = compensated_weight(consumer, keep, gram) if compensation == "full" else consumer.weight_for(keep, gram)
+                full = compensation == "full" or (compensation == "conv" and consumer.node.op == "Conv")
+                fitted = compensated_weight(consumer, keep, gram) if full else consumer.weight_for(keep, gram)
                 weights[names[id(consumer.node), consumer.index]] = fitted
             outs = _run_all(session, batches, weights)
             if stacked is None:
