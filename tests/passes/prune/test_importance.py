@@ -66,16 +66,7 @@ def test_scale_solve_recovers_the_scales_that_generated_the_output():
 def test_full_compensation_makes_a_duplicate_channel_free_where_rescaling_cannot():
     from tests.passes.prune import prune_graphs as nets
 
-    net = nets.Net(3)
-    y = net.op("Relu", [net.conv("x", 3, 8, k=1, name="a")], "a.relu")
-    y = net.conv(y, 8, 8, k=1, name="b")
-    model = net.model(net.head(y, 8))
-    weights = {i.name: i for i in model.graph.initializer}
-    w = onnx.numpy_helper.to_array(weights["a.w1"]).copy()
-    b = onnx.numpy_helper.to_array(weights["a.b2"]).copy()
-    w[5], b[5] = w[2], b[2]  # channel 5 duplicates channel 2: b can read it from channel 2
-    weights["a.w1"].CopyFrom(onnx.numpy_helper.from_array(w, "a.w1"))
-    weights["a.b2"].CopyFrom(onnx.numpy_helper.from_array(b, "a.b2"))
+    model = nets.duplicate_channel_cnn()  # channel 5 of a duplicates channel 2: b can read it from channel 2
     graph = import_graph(model)
     get_pass("shape-inference")(symbolic=False).run(graph, PassContext())
     samples = nets.samples(model, 12)

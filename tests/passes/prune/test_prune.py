@@ -267,16 +267,7 @@ def test_reshape_to_features_maps_each_channel_to_its_block_of_gemm_columns():
 
 
 def test_obs_finds_a_redundant_channel_and_reconstruction_makes_its_removal_exact():
-    net = nets.Net(3)
-    y = net.op("Relu", [net.conv("x", 3, 8, k=1, name="a")], "a.relu")
-    y = net.conv(y, 8, 8, k=1, name="b")
-    model = net.model(net.head(y, 8))
-    weights = {i.name: i for i in model.graph.initializer}
-    w = onnx.numpy_helper.to_array(weights["a.w1"]).copy()
-    b = onnx.numpy_helper.to_array(weights["a.b2"]).copy()
-    w[5], b[5] = w[2], b[2]  # channel 5 duplicates channel 2: whatever it feeds, channel 2 can carry
-    weights["a.w1"].CopyFrom(onnx.numpy_helper.from_array(w, "a.w1"))
-    weights["a.b2"].CopyFrom(onnx.numpy_helper.from_array(b, "a.b2"))
+    model = nets.duplicate_channel_cnn()  # channel 5 of a duplicates channel 2
     calib = nets.samples(model, 6)
     pruned, _, ctx = prune(model, calib, ratio=0.0, layer_ratios={"a": 0.125}, importance="obs", round_to=1, min_channels=1)
     kept = ctx.artifacts["channel-prune"]["kept"]["a.relu.out"]
