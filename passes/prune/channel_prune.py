@@ -70,6 +70,7 @@ class ChannelPruneConfig:
     rounds: int = option(1, "spread the global allocation over this many steps, each measuring costs on the model the earlier steps pruned and refit")
     probe_compensation: Literal["scale", "full", "conv"] = option("conv", "how the global allocation compensates a probed unit's consumers: scale = rescale the kept inputs, full = least-squares refit over them (as reconstruction does), conv = full for Conv consumers (every output position is a row), scale for the others")
     contiguous_folds: bool = option(False, "held-out refit choices split the calibration samples into halves (not alternately), so consecutive samples of one source stay in one fold")
+    protect_classifier: bool = option(False, "with one uniform ratio, leave whole the channels read by a layer that writes a graph output (a classifier's input); the global allocation prices them like any group")
     refit_downstream: Literal["none", "conv", "all"] = option("none", "also refit the layers after the first pruned one that read no pruned channel (conv: Conv layers only), so they absorb the error pruning left in their inputs; each keeps its weights unless held-out calibration rows favour the refit")
 
 
@@ -100,6 +101,11 @@ def _touches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for name in names for p in patterns)
 
 
+def _feeds_output(group: ChannelGroup, outputs: set[str]) -> bool:
+    """Whether a layer reading the group writes a graph output (a classifier reading every channel)."""
+    return any(t.name in outputs for node in group.consumers for t in node.outputs)
+
+
 def _describe(group: ChannelGroup) -> dict:
     return {"group": group.gid, "producers": [p.name for p in group.producers][:8], "channels": group.n_classes}
 
@@ -124,10 +130,12 @@ class ChannelPrune(StructuralPass):
 
         candidates = []
         skipped = []
+        outputs = {t.name for t in graph.outputs}
+        uniform = not self._global(calibration)
         for group in analysis.groups:
             if not group.prunable:
                 continue
-            if cfg.skip and _touches(group, cfg.skip):
+            if (cfg.skip and _touches(group, cfg.skip)) or (uniform and cfg.protect_classifier and _feeds_output(group, outputs)):
                 skipped.append(group)
             else:
                 candidates.append(group)

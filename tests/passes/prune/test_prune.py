@@ -320,3 +320,13 @@ def test_refit_downstream_also_refits_depthwise_and_later_layers_against_the_tea
     assert set(fits) == {"expand.conv", "dw.conv", "project.conv"}  # from the first pruned layer on; the Gemm is not a Conv
     for fit in fits.values():
         assert fit["error_after"] <= fit["error_before"]
+
+
+def test_protect_classifier_leaves_the_classifier_input_whole_under_a_uniform_ratio():
+    model = nets.view_flatten_cnn()
+    rng = np.random.default_rng(5)
+    calib = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    pruned, result, ctx = prune(model, calib, ratio=0.5, protect_classifier=True, reconstruct=False)
+    report = ctx.artifacts["report:channel-prune"]
+    assert not result.changed and weight_shapes(pruned) == weight_shapes(model)
+    assert [s["producers"] for s in report["skipped"]] == [["a.conv"]]
