@@ -358,7 +358,9 @@ def render(results: dict) -> str:
                   "allocation (`flops 0.8` row: one budget over all groups by measured output error, Conv consumers compensated",
                   "by least squares in the cost probes) keeps more of it at 0.80x MACs but stays far from the original without",
                   "fine-tuning. Its 1280-channel head (conv_head -> GAP -> view(batch, -1) -> Gemm) is a prunable group since",
-                  "the second round of #17 (the flatten's symbolic size is resolved), so ratio rows prune it too. The PP-OCR",
+                  "the second round of #17 (the flatten's symbolic size is resolved); the plain ratio rows leave it whole",
+                  "(`protect_classifier`, as the first round did), the `head pruned` row prunes it at the ratio (the default).",
+                  "The machine was shared with other engineers' jobs during these runs: speedups are paired ratios. The PP-OCR",
                   "models keep most of their function at ratio 0.3 with reconstruction (recognizer text accuracy, detector map",
                   "IoU against the original). Rows of a model whose rerun did not finish before a deadline keep their previous",
                   "numbers; `ONNXOPT_BENCH_ZOO=efficientnet_lite0,ppocr_cls` reruns only those models."]
