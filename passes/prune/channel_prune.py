@@ -67,6 +67,7 @@ class ChannelPruneConfig:
     probe_samples: int = option(32, "calibration samples on which the global allocation measures each group's output error")
     scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
     propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
+    max_prune: float = option(1.0, "the global allocation removes at most this fraction of any one channel group")
     rounds: int = option(1, "spread the global allocation over this many steps, each measuring costs on the model the earlier steps pruned and refit")
     probe_compensation: Literal["scale", "full", "conv"] = option("conv", "how the global allocation compensates a probed unit's consumers: scale = rescale the kept inputs, full = least-squares refit over them (as reconstruction does), conv = full for Conv consumers (every output position is a row), scale for the others")
     contiguous_folds: bool = option(False, "held-out refit choices split the calibration samples into halves (not alternately), so consecutive samples of one source stay in one fold")
@@ -84,6 +85,8 @@ def _check_config(cfg: ChannelPruneConfig) -> None:
     for pattern, value in cfg.layer_ratios.items():
         if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
             raise ConfigError(f"channel-prune: layer_ratios[{pattern!r}] must be a ratio in [0, 1), got {value!r}")
+    if not 0.0 < cfg.max_prune <= 1.0 or cfg.rounds < 1:
+        raise ConfigError(f"channel-prune: max_prune must be in (0, 1] and rounds at least 1; got {cfg.max_prune}, {cfg.rounds}")
     if cfg.min_channels < 1 or cfg.round_to < 1:
         raise ConfigError("channel-prune: min_channels and round_to must be at least 1")
 
@@ -148,7 +151,7 @@ class ChannelPrune(StructuralPass):
             search = global_search(
                 graph, analysis, candidates, head_groups, samples, node_macs_at, before["macs"], cfg.flops_target,
                 round_to=cfg.round_to, min_channels=cfg.min_channels, rows_per_sample=cfg.rows_per_sample,
-                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed, compensation=cfg.probe_compensation,
+                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed, compensation=cfg.probe_compensation, max_prune=cfg.max_prune,
             )
             masks, kept_heads, ratio = search.masks, search.heads, 0.0
             criterion = "output-error (global)"

@@ -224,7 +224,9 @@ def test_activation_importance_without_calibration_is_refused():
         prune(nets.plain_cnn(), ratio=0.5, importance="activation")
 
 
-@pytest.mark.parametrize("options", [{"ratio": 0.3, "flops_target": 0.5}, {"ratio": 1.5}, {"flops_target": 0.0}, {"layer_ratios": {"a*": 2}}])
+@pytest.mark.parametrize(
+    "options", [{"ratio": 0.3, "flops_target": 0.5}, {"ratio": 1.5}, {"flops_target": 0.0}, {"layer_ratios": {"a*": 2}}, {"max_prune": 0.0}, {"rounds": 0}]
+)
 def test_bad_budgets_are_config_errors(options):
     with pytest.raises(ConfigError):
         prune(nets.plain_cnn(), **options)
@@ -330,3 +332,13 @@ def test_protect_classifier_leaves_the_classifier_input_whole_under_a_uniform_ra
     report = ctx.artifacts["report:channel-prune"]
     assert not result.changed and weight_shapes(pruned) == weight_shapes(model)
     assert [s["producers"] for s in report["skipped"]] == [["a.conv"]]
+
+
+def test_max_prune_caps_every_group_of_the_global_allocation():
+    model = nets.depthwise_cnn()
+    calib = nets.samples(model, 16)
+    _, _, ctx = prune(model, calib, flops_target=0.6, max_prune=0.5, min_channels=4, round_to=4, probe_samples=8, reconstruct=False)
+    report = ctx.artifacts["report:channel-prune"]
+    assert report["macs_after"] <= 0.6 * report["macs_before"] * 1.001
+    assert all(g["kept"] >= g["channels"] / 2 for g in report["groups"])
+    assert any(g["kept"] < g["channels"] for g in report["groups"])
