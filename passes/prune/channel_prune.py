@@ -35,6 +35,7 @@ from onnxopt.passes.prune.selection import obs_ranking
 from onnxopt.passes.reconstruct import (
     LayerTarget,
     channel_energy,
+    depthwise,
     input_grams,
     refit_layers,
     refittable,
@@ -66,6 +67,12 @@ class ChannelPruneConfig:
     probe_samples: int = option(32, "calibration samples on which the global allocation measures each group's output error")
     scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
     propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
+    max_prune: float = option(1.0, "the global allocation removes at most this fraction of any one channel group")
+    rounds: int = option(1, "spread the global allocation over this many steps, each measuring costs on the model the earlier steps pruned and refit")
+    probe_compensation: Literal["scale", "full", "conv"] = option("conv", "how the global allocation compensates a probed unit's consumers: scale = rescale the kept inputs, full = least-squares refit over them (as reconstruction does), conv = full for Conv consumers (every output position is a row), scale for the others")
+    contiguous_folds: bool = option(False, "held-out refit choices split the calibration samples into halves (not alternately), so consecutive samples of one source stay in one fold")
+    protect_classifier: bool = option(False, "with one uniform ratio, leave whole the channels read by a layer that writes a graph output (a classifier's input); the global allocation prices them like any group")
+    refit_downstream: Literal["none", "conv", "all"] = option("none", "also refit the layers after the first pruned one that read no pruned channel (conv: Conv layers only), so they absorb the error pruning left in their inputs; each keeps its weights unless held-out calibration rows favour the refit")
 
 
 def _check_config(cfg: ChannelPruneConfig) -> None:
@@ -78,6 +85,8 @@ def _check_config(cfg: ChannelPruneConfig) -> None:
     for pattern, value in cfg.layer_ratios.items():
         if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
             raise ConfigError(f"channel-prune: layer_ratios[{pattern!r}] must be a ratio in [0, 1), got {value!r}")
+    if not 0.0 < cfg.max_prune <= 1.0 or cfg.rounds < 1:
+        raise ConfigError(f"channel-prune: max_prune must be in (0, 1] and rounds at least 1; got {cfg.max_prune}, {cfg.rounds}")
     if cfg.min_channels < 1 or cfg.round_to < 1:
         raise ConfigError("channel-prune: min_channels and round_to must be at least 1")
 
@@ -95,6 +104,11 @@ def _touches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for name in names for p in patterns)
 
 
+def _feeds_output(group: ChannelGroup, outputs: set[str]) -> bool:
+    """Whether a layer reading the group writes a graph output (a classifier reading every channel)."""
+    return any(t.name in outputs for node in group.consumers for t in node.outputs)
+
+
 def _describe(group: ChannelGroup) -> dict:
     return {"group": group.gid, "producers": [p.name for p in group.producers][:8], "channels": group.n_classes}
 
@@ -110,6 +124,8 @@ class ChannelPrune(StructuralPass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         cfg = self.config
         _check_config(cfg)
+        if cfg.rounds > 1 and cfg.flops_target is not None and self._global(self.sample(ctx)):
+            return self._in_rounds(graph, ctx)
         before, node_macs_at = self.costs_before(graph, ctx)
         analysis: Analysis = ctx.analysis("channel-groups", lambda: analyse(graph))
         calibration = self.sample(ctx)
@@ -117,10 +133,12 @@ class ChannelPrune(StructuralPass):
 
         candidates = []
         skipped = []
+        outputs = {t.name for t in graph.outputs}
+        uniform = not self._global(calibration)
         for group in analysis.groups:
             if not group.prunable:
                 continue
-            if cfg.skip and _touches(group, cfg.skip):
+            if (cfg.skip and _touches(group, cfg.skip)) or (uniform and cfg.protect_classifier and _feeds_output(group, outputs)):
                 skipped.append(group)
             else:
                 candidates.append(group)
@@ -133,7 +151,7 @@ class ChannelPrune(StructuralPass):
             search = global_search(
                 graph, analysis, candidates, head_groups, samples, node_macs_at, before["macs"], cfg.flops_target,
                 round_to=cfg.round_to, min_channels=cfg.min_channels, rows_per_sample=cfg.rows_per_sample,
-                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed,
+                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed, compensation=cfg.probe_compensation, max_prune=cfg.max_prune,
             )
             masks, kept_heads, ratio = search.masks, search.heads, 0.0
             criterion = "output-error (global)"
@@ -179,6 +197,30 @@ class ChannelPrune(StructuralPass):
                 "layers_refit": len(fits),
             },
         )
+
+    def _in_rounds(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """The global allocation in `rounds` steps of equal MACs: each step measures its costs on the
+        model the earlier steps pruned and refit, so damage that compounds across groups is seen
+        (one step treats every group's cost as if the others were intact)."""
+        cfg = self.config
+        total = self.costs_before(graph, ctx)[0]["macs"]
+        results, reports = [], []
+        for step in range(1, cfg.rounds + 1):
+            current = self.costs_before(graph, ctx)[0]["macs"]
+            goal = total * (1 - (1 - cfg.flops_target) * step / cfg.rounds)
+            if current <= goal * 1.001:
+                continue
+            sub = type(self)(**{**vars(cfg), "rounds": 1, "flops_target": min(goal / current, 1.0)})
+            results.append(sub.run(graph, ctx))
+            reports.append(ctx.artifacts.get(f"report:{self.name}", {}))
+            ctx.invalidate()
+        if not results:
+            return PassResult(changed=False, stats={"groups_pruned": 0})
+        report = {**reports[-1], "macs_before": reports[0]["macs_before"], "params_before": reports[0]["params_before"], "rounds": reports}
+        report["macs_ratio"] = round(report["macs_after"] / report["macs_before"], 4) if report["macs_before"] else None
+        self.publish(ctx, report)
+        stats = {**results[-1].stats, "macs_before": results[0].stats.get("macs_before"), "params_before": results[0].stats.get("params_before"), "rounds": len(results)}
+        return PassResult(changed=any(r.changed for r in results), stats=stats)
 
     def _global(self, calibration) -> bool:
         """Whether a flops target is spread by the global output-error allocation."""
@@ -274,9 +316,32 @@ class ChannelPrune(StructuralPass):
             out = node.outputs[0].name
             reference = self.reference_for(out, ctx, reference_before)
             targets.append(LayerTarget(node, reference, out, None, None, reference_before, self._correction(node, reference, ctx)))
-        targets.sort(key=lambda t: order[id(t.node)])
         cfg = self.config
-        return refit_layers(graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed, scale_refit=cfg.scale_refit)
+        if cfg.refit_downstream != "none" and targets:
+            touched = [order[id(analysis.dims[key].node)] for key in kept if analysis.dims[key].node is not None and id(analysis.dims[key].node) in order]
+            targets += self._downstream(graph, analysis, kept, reference_before, ctx, seen, min(touched, default=len(order)))
+        targets.sort(key=lambda t: order[id(t.node)])
+        return refit_layers(
+            graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed,
+            scale_refit=cfg.scale_refit, keep_if_better=cfg.refit_downstream != "none", contiguous_folds=cfg.contiguous_folds,
+        )
+
+    def _downstream(self, graph, analysis, kept, reference_before, ctx, seen, first: int) -> list[LayerTarget]:
+        """Refit targets for every other layer from the first pruned one on (depthwise convs per
+        channel): their inputs carry the error pruning left upstream, their outputs can still
+        match the teacher."""
+        targets = []
+        for node in graph.nodes[first:]:
+            if id(node) in seen or (refittable(node) is not None and not depthwise(node)) or (self.config.refit_downstream == "conv" and node.op != "Conv"):
+                continue
+            out = node.outputs[0].name
+            reference = self.reference_for(out, ctx, reference_before)
+            if reference is None:
+                continue
+            seen.add(id(node))
+            original = analysis.dims[out].length if out in analysis.dims else None
+            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before, self._correction(node, reference, ctx)))
+        return targets
 
     def _correction(self, node, reference, ctx) -> str | None:
         """The residual stream the layer writes into, when the reference model has that tensor too."""

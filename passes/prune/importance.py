@@ -53,6 +53,21 @@ class Consumer:
         return from_matrix(self.node, w, np.asarray(constant_input_value(self.node.inputs[self.index])).shape)
 
 
+def compensated_weight(consumer: Consumer, keep_class: np.ndarray, gram: np.ndarray | None, ridge: float = 1e-3) -> np.ndarray:
+    """The consumer's weight refit by least squares over the kept inputs (w_K = G_KK^-1 G_K: w, the
+    OBS update, with a ridge relative to the mean input energy): what a full reconstruction does,
+    where `weight_for` only rescales. Consumers without a Gram or compensation fall back to it."""
+    if gram is None or not consumer.compensate or type(consumer) is not Consumer:
+        return consumer.weight_for(keep_class, gram, ridge)
+    keep = keep_class[consumer.feature_class]
+    w = np.zeros_like(consumer.matrix)
+    if keep.any():
+        normal = gram[np.ix_(keep, keep)].copy()
+        normal[np.diag_indices_from(normal)] += ridge * (float(np.trace(normal)) / max(len(normal), 1) or 1.0)
+        w[keep] = np.linalg.solve(normal, gram[keep] @ consumer.matrix)
+    return from_matrix(consumer.node, w, np.asarray(constant_input_value(consumer.node.inputs[consumer.index])).shape)
+
+
 def to_matrix(node: gs.Node, weight: np.ndarray) -> np.ndarray:
     """A Conv, Gemm or MatMul weight as (input features, outputs), the layout of the Gram matrices."""
     if node.op == "Conv":
@@ -137,10 +152,14 @@ def head_ranking(group: HeadGroup, consumer: Consumer, gram: np.ndarray | None) 
     return norms
 
 
-def output_costs(graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]]) -> None:
+def output_costs(
+    graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]], compensation: str = "scale"
+) -> None:
     """Fill each unit's cost curve: relative output error at every level. Every consumer's weight
     becomes a graph input of one probe session; a run feeds the probed unit's changed weights and
-    every other consumer's own."""
+    every other consumer's own. `compensation`: "scale" rescales the kept inputs, "full" refits
+    the consumer by least squares (compensated_weight), "conv" does that for Conv consumers only
+    (many rows per weight: every output position) and rescales the others."""
     fresh = FreshNames(graph)
     saved_inputs = list(graph.inputs)
     names: dict[tuple[int, int], str] = {}
@@ -174,7 +193,10 @@ def output_costs(graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray
             keep = unit.keep_mask(level)
             weights = dict(defaults)
             for consumer in unit.consumers:
-                weights[names[id(consumer.node), consumer.index]] = consumer.weight_for(keep, grams.get(id(consumer.node)))
+                gram = grams.get(id(consumer.node))
+                full = compensation == "full" or (compensation == "conv" and consumer.node.op == "Conv")
+                fitted = compensated_weight(consumer, keep, gram) if full else consumer.weight_for(keep, gram)
+                weights[names[id(consumer.node), consumer.index]] = fitted
             outs = _run_all(session, batches, weights)
             if stacked is None:
                 error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for outs_i, ref_i in zip(outs, reference) for o, r in zip(outs_i, ref_i))

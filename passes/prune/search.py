@@ -77,6 +77,8 @@ def global_search(
     probe_samples: int = 32,
     gram_memory_mb: int = 1024,
     seed: int = 0,
+    compensation: str = "scale",
+    max_prune: float = 1.0,
 ) -> SearchResult:
     """Masks for channel groups and kept heads meeting `keep_fraction` of the MACs at least output cost."""
     units = [Unit("channels", f"channels:{g.gid}:{g.name}", g.n_classes, g, channel_consumers(g)) for g in channel_groups]
@@ -93,6 +95,9 @@ def global_search(
             ranking = obs_ranking(group, grams, keep_at_least=min(min_channels, group.n_classes))
             unit.ranking = ranking if ranking is not None else group_importance(group, "l2")
             sizes, measured = channel_levels(group.n_classes, round_to, min_channels)
+            if max_prune < 1.0:  # never remove more than this fraction of one group
+                floor = group.n_classes * (1.0 - max_prune)
+                sizes, measured = [k for k in sizes if k >= floor], [k for k in measured if k >= floor]
             unit.levels = measured
             measured_levels[unit.name] = sizes
         else:
@@ -102,7 +107,7 @@ def global_search(
     probe = probe[:probe_samples]
     reference_session = make_session(export_model(graph), opt_level="basic")
     reference = [reference_session.run(None, feeds) for feeds in probe]
-    output_costs(graph, units, grams, probe, reference)
+    output_costs(graph, units, grams, probe, reference, compensation)
     for unit in units:
         if unit.name in measured_levels:
             interpolate(unit, measured_levels[unit.name])
