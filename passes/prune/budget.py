@@ -54,9 +54,10 @@ def interpolate(unit: Unit, sizes: list[int]) -> None:
     unit.levels = sorted(cost, reverse=True)
 
 
-def allocate(units: list[Unit], total_macs: Callable[[dict[str, int]], float], target: float) -> tuple[dict[str, int], float]:
-    """Kept size per unit name: greedy by added cost per MAC removed until total_macs <= target."""
-    kept = {u.name: u.size for u in units}
+def allocate(units: list[Unit], total_macs: Callable[[dict[str, int]], float], target: float, start: dict[str, int] | None = None) -> tuple[dict[str, int], float]:
+    """Kept size per unit name: greedy by added cost per MAC removed until total_macs <= target,
+    from `start` (default: every unit whole); give-back never grows a unit past its start."""
+    kept = dict(start) if start else {u.name: u.size for u in units}
     by_name = {u.name: u for u in units}
     current = total_macs(kept)
     while current > target:

@@ -30,7 +30,7 @@ from onnxopt.passes.prune.groups import Analysis, ChannelGroup, analyse
 from onnxopt.passes.prune.heads import find_attention, remove_heads
 from onnxopt.passes.prune.plan import group_importance, plan, ratio_for_flops
 from onnxopt.passes.prune.removal import remove_channels
-from onnxopt.passes.prune.search import SearchResult, attention_report, global_search, uniform_heads
+from onnxopt.passes.prune.search import SearchResult, attention_report, global_search, pruned_report, uniform_heads
 from onnxopt.passes.prune.selection import obs_ranking
 from onnxopt.passes.reconstruct import (
     LayerTarget,
@@ -45,6 +45,7 @@ from onnxopt.passes.structural import StructuralPass
 from onnxopt.pipeline import PassContext, PassResult, option, register_pass
 
 DEFAULT_RATIO = 0.3
+AUTO_ROUNDS_ATTENTION = 4  # MiniLM-L6 at --prune-flops 0.6: see benchmarks/results/prune.md
 DEFAULT_CRITERION = "obs"  # best measured with reconstruction on the Fashion-MNIST CNN (benchmarks/results/prune.md)
 
 
@@ -67,12 +68,11 @@ class ChannelPruneConfig:
     probe_samples: int = option(32, "calibration samples on which the global allocation measures each group's output error")
     scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
     propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
-    max_prune: float = option(1.0, "the global allocation removes at most this fraction of any one channel group")
-    rounds: int = option(1, "spread the global allocation over this many steps, each measuring costs on the model the earlier steps pruned and refit")
     probe_compensation: Literal["scale", "full", "conv"] = option("conv", "how the global allocation compensates a probed unit's consumers: scale = rescale the kept inputs, full = least-squares refit over them (as reconstruction does), conv = full for Conv consumers (every output position is a row), scale for the others")
     contiguous_folds: bool = option(False, "held-out refit choices split the calibration samples into halves (not alternately), so consecutive samples of one source stay in one fold")
     protect_classifier: bool = option(False, "with one uniform ratio, leave whole the channels read by a layer that writes a graph output (a classifier's input); the global allocation prices them like any group")
     refit_downstream: Literal["none", "conv", "all"] = option("none", "also refit the layers after the first pruned one that read no pruned channel (conv: Conv layers only), so they absorb the error pruning left in their inputs; each keeps its weights unless held-out calibration rows favour the refit")
+    search_rounds: int = option(0, "rounds of the global allocation: each re-measures the cost curves on the model as pruned so far and spends its share of the budget (0 = auto: 4 with attention blocks, where joint damage outgrows the per-unit costs; 1 otherwise)")
 
 
 def _check_config(cfg: ChannelPruneConfig) -> None:
@@ -85,8 +85,8 @@ def _check_config(cfg: ChannelPruneConfig) -> None:
     for pattern, value in cfg.layer_ratios.items():
         if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
             raise ConfigError(f"channel-prune: layer_ratios[{pattern!r}] must be a ratio in [0, 1), got {value!r}")
-    if not 0.0 < cfg.max_prune <= 1.0 or cfg.rounds < 1:
-        raise ConfigError(f"channel-prune: max_prune must be in (0, 1] and rounds at least 1; got {cfg.max_prune}, {cfg.rounds}")
+    if cfg.search_rounds < 0:
+        raise ConfigError(f"channel-prune: search_rounds must be 0 (auto) or a positive number of rounds, got {cfg.search_rounds}")
     if cfg.min_channels < 1 or cfg.round_to < 1:
         raise ConfigError("channel-prune: min_channels and round_to must be at least 1")
 
@@ -124,8 +124,6 @@ class ChannelPrune(StructuralPass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         cfg = self.config
         _check_config(cfg)
-        if cfg.rounds > 1 and cfg.flops_target is not None and self._global(self.sample(ctx)):
-            return self._in_rounds(graph, ctx)
         before, node_macs_at = self.costs_before(graph, ctx)
         analysis: Analysis = ctx.analysis("channel-groups", lambda: analyse(graph))
         calibration = self.sample(ctx)
@@ -151,7 +149,8 @@ class ChannelPrune(StructuralPass):
             search = global_search(
                 graph, analysis, candidates, head_groups, samples, node_macs_at, before["macs"], cfg.flops_target,
                 round_to=cfg.round_to, min_channels=cfg.min_channels, rows_per_sample=cfg.rows_per_sample,
-                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed, compensation=cfg.probe_compensation, max_prune=cfg.max_prune,
+                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed, compensation=cfg.probe_compensation,
+                rounds=cfg.search_rounds or (AUTO_ROUNDS_ATTENTION if head_groups else 1),
             )
             masks, kept_heads, ratio = search.masks, search.heads, 0.0
             criterion = "output-error (global)"
@@ -183,6 +182,7 @@ class ChannelPrune(StructuralPass):
         after = self.costs_after(graph, ctx)
         report = self._report(analysis, candidates, skipped, masks, before, after, ratio, criterion, fits, ctx)
         report.update(attention_report(head_groups, heads_blocked, head_sizes, search, fits))
+        report.update(pruned_report(report, analysis, head_groups, head_sizes, fits))
         self.publish(ctx, report)
         ctx.artifacts["channel-prune"] = {"kept": {k: v.tolist() for k, v in kept.items()}, "heads": {n: k for n, (_, k) in head_sizes.items()}}
         return PassResult(
@@ -197,30 +197,6 @@ class ChannelPrune(StructuralPass):
                 "layers_refit": len(fits),
             },
         )
-
-    def _in_rounds(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        """The global allocation in `rounds` steps of equal MACs: each step measures its costs on the
-        model the earlier steps pruned and refit, so damage that compounds across groups is seen
-        (one step treats every group's cost as if the others were intact)."""
-        cfg = self.config
-        total = self.costs_before(graph, ctx)[0]["macs"]
-        results, reports = [], []
-        for step in range(1, cfg.rounds + 1):
-            current = self.costs_before(graph, ctx)[0]["macs"]
-            goal = total * (1 - (1 - cfg.flops_target) * step / cfg.rounds)
-            if current <= goal * 1.001:
-                continue
-            sub = type(self)(**{**vars(cfg), "rounds": 1, "flops_target": min(goal / current, 1.0)})
-            results.append(sub.run(graph, ctx))
-            reports.append(ctx.artifacts.get(f"report:{self.name}", {}))
-            ctx.invalidate()
-        if not results:
-            return PassResult(changed=False, stats={"groups_pruned": 0})
-        report = {**reports[-1], "macs_before": reports[0]["macs_before"], "params_before": reports[0]["params_before"], "rounds": reports}
-        report["macs_ratio"] = round(report["macs_after"] / report["macs_before"], 4) if report["macs_before"] else None
-        self.publish(ctx, report)
-        stats = {**results[-1].stats, "macs_before": results[0].stats.get("macs_before"), "params_before": results[0].stats.get("params_before"), "rounds": len(results)}
-        return PassResult(changed=any(r.changed for r in results), stats=stats)
 
     def _global(self, calibration) -> bool:
         """Whether a flops target is spread by the global output-error allocation."""

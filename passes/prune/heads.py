@@ -336,3 +336,46 @@ def remove_heads(graph: gs.Graph, group: HeadGroup, kept_heads: np.ndarray) -> N
         if isinstance(tensor, gs.Variable):
             tensor.shape = None
     group.heads = len(kept_heads)
+
+
+def token_mask_input(graph: gs.Graph, groups: list[HeadGroup]) -> str | None:
+    """The graph input every attention block's run-time score mask is built from (BERT's
+    attention_mask), when there is exactly one and it is (batch, sequence): positions where it is
+    0 are padding, which no real token attends to, so their outputs need not be preserved."""
+    inputs = {t.name for t in graph.inputs}
+    found = set()
+    for group in groups:
+        if not group.attention:
+            continue
+        node = group.attention[0]
+        while True:
+            nxt = [c for c in node.outputs[0].outputs if c.op in SCORE_OPS]
+            if len(nxt) != 1:
+                break
+            node = nxt[0]
+            for t in node.inputs:
+                if constant_input_value(t) is None and not _reaches_matmul(t):
+                    found |= _graph_inputs_of(t) & inputs
+    if len(found) != 1:
+        return None
+    name = found.pop()
+    tensor = next(t for t in graph.inputs if t.name == name)
+    return name if tensor.shape is not None and len(tensor.shape) == 2 else None
+
+
+def _graph_inputs_of(tensor: gs.Tensor) -> set[str]:
+    """Names of the graph inputs whose values (not only shapes) flow into `tensor`."""
+    stack, seen, names = [tensor], set(), set()
+    while stack and len(seen) < 2000:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        node = _producer(t)
+        if node is None:
+            if constant_input_value(t) is None:
+                names.add(t.name)
+            continue
+        if node.op != "Shape":
+            stack.extend(node.inputs)
+    return names

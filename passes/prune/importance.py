@@ -152,57 +152,79 @@ def head_ranking(group: HeadGroup, consumer: Consumer, gram: np.ndarray | None) 
     return norms
 
 
+class Prober:
+    """One session of the graph in which every consumer's weight is a graph input, so a run can
+    price any combination of unit sizes: relative output error against the reference outputs."""
+
+    def __init__(self, graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]], token_mask: str | None = None, compensation: str = "scale"):
+        self.grams = grams
+        self.compensation = compensation
+        fresh = FreshNames(graph)
+        saved_inputs = list(graph.inputs)
+        self.names: dict[tuple[int, int], str] = {}
+        self.defaults: dict[str, np.ndarray] = {}
+        swapped = []
+        for consumer in (c for u in units for c in u.consumers):
+            key = (id(consumer.node), consumer.index)
+            if key in self.names:
+                continue
+            const = consumer.node.inputs[consumer.index]
+            var = gs.Variable(fresh(f"{const.name}_probe"), dtype=np.float32, shape=list(np.shape(constant_input_value(const))))
+            consumer.node.inputs[consumer.index] = var
+            graph.inputs.append(var)
+            self.names[key] = var.name
+            self.defaults[var.name] = np.asarray(constant_input_value(const), dtype=np.float32)
+            swapped.append((consumer, const))
+        try:
+            self.session = make_session(export_model(graph), opt_level="basic")
+        finally:
+            for consumer, const in swapped:
+                consumer.node.inputs[consumer.index] = const
+            graph.inputs = saved_inputs
+        self.batches = _batched(samples)
+        if len(self.batches) == 1:
+            self.reference = [[np.concatenate([r[i] for r in reference], axis=0) for i in range(len(reference[0]))]]
+        else:
+            self.reference = reference
+        # padding positions (token mask 0) are left out of the error: real tokens never attend to them
+        self.row_weights = [None if token_mask not in b else np.asarray(b[token_mask], np.float64) for b in self.batches]
+        self.denominator = sum(_squared(r, w) for ref, w in zip(self.reference, self.row_weights) for r in ref) or 1.0
+
+    def weights(self, unit: Unit, level: int) -> dict[str, np.ndarray]:
+        """The probe inputs that shrink `unit` to `level` kept classes (compensated consumers)."""
+        keep = unit.keep_mask(level)
+        return {self.names[id(c.node), c.index]: self._compensated(c, keep) for c in unit.consumers}
+
+    def _compensated(self, consumer: Consumer, keep: np.ndarray) -> np.ndarray:
+        """"scale" rescales the kept inputs; "full" refits the consumer by least squares
+        (compensated_weight); "conv" refits Conv consumers (every output position is a row) and
+        rescales the others."""
+        gram = self.grams.get(id(consumer.node))
+        if self.compensation == "full" or (self.compensation == "conv" and consumer.node.op == "Conv"):
+            return compensated_weight(consumer, keep, gram)
+        return consumer.weight_for(keep, gram)
+
+    def error(self, weights: dict[str, np.ndarray]) -> float:
+        outs = _run_all(self.session, self.batches, {**self.defaults, **weights})
+        error = sum(_squared(o.astype(np.float64) - r, w) for outs_i, ref_i, w in zip(outs, self.reference, self.row_weights) for o, r in zip(outs_i, ref_i))
+        return error / self.denominator
+
+
+def _squared(x: np.ndarray, row_weights: np.ndarray | None) -> float:
+    """Sum of squares, each (batch, position) row weighted when the output is laid out that way."""
+    if row_weights is not None and x.shape[: row_weights.ndim] == row_weights.shape:
+        return float(np.sum(np.square(x, dtype=np.float64).reshape(*row_weights.shape, -1) * row_weights[..., None]))
+    return float(np.sum(np.square(x, dtype=np.float64)))
+
+
 def output_costs(
     graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]], compensation: str = "scale"
 ) -> None:
-    """Fill each unit's cost curve: relative output error at every level. Every consumer's weight
-    becomes a graph input of one probe session; a run feeds the probed unit's changed weights and
-    every other consumer's own. `compensation`: "scale" rescales the kept inputs, "full" refits
-    the consumer by least squares (compensated_weight), "conv" does that for Conv consumers only
-    (many rows per weight: every output position) and rescales the others."""
-    fresh = FreshNames(graph)
-    saved_inputs = list(graph.inputs)
-    names: dict[tuple[int, int], str] = {}
-    defaults: dict[str, np.ndarray] = {}
-    swapped = []
-    for consumer in (c for u in units for c in u.consumers):
-        key = (id(consumer.node), consumer.index)
-        if key in names:
-            continue
-        const = consumer.node.inputs[consumer.index]
-        var = gs.Variable(fresh(f"{const.name}_probe"), dtype=np.float32, shape=list(np.shape(constant_input_value(const))))
-        consumer.node.inputs[consumer.index] = var
-        graph.inputs.append(var)
-        names[key] = var.name
-        defaults[var.name] = np.asarray(constant_input_value(const), dtype=np.float32)
-        swapped.append((consumer, const))
-    try:
-        session = make_session(export_model(graph), opt_level="basic")
-    finally:
-        for consumer, const in swapped:
-            consumer.node.inputs[consumer.index] = const
-        graph.inputs = saved_inputs
-    batches = _batched(samples)
-    stacked = [np.concatenate([r[i] for r in reference], axis=0) for i in range(len(reference[0]))] if len(batches) == 1 else None
-    denominator = sum(float(np.sum(np.square(r, dtype=np.float64))) for outs in reference for r in outs) or 1.0
+    """Fill each unit's cost curve: relative output error at every level, every other unit whole."""
+    prober = Prober(graph, units, grams, samples, reference, compensation=compensation)
     for unit in units:
         for level in unit.levels:
-            if level == unit.size:
-                unit.cost[level] = 0.0
-                continue
-            keep = unit.keep_mask(level)
-            weights = dict(defaults)
-            for consumer in unit.consumers:
-                gram = grams.get(id(consumer.node))
-                full = compensation == "full" or (compensation == "conv" and consumer.node.op == "Conv")
-                fitted = compensated_weight(consumer, keep, gram) if full else consumer.weight_for(keep, gram)
-                weights[names[id(consumer.node), consumer.index]] = fitted
-            outs = _run_all(session, batches, weights)
-            if stacked is None:
-                error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for outs_i, ref_i in zip(outs, reference) for o, r in zip(outs_i, ref_i))
-            else:
-                error = sum(float(np.sum(np.square(o.astype(np.float64) - r))) for o, r in zip(outs[0], stacked))
-            unit.cost[level] = error / denominator
+            unit.cost[level] = 0.0 if level == unit.size else prober.error(prober.weights(unit, level))
 
 
 def _batched(samples: list[dict]) -> list[dict]:

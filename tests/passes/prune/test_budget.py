@@ -48,3 +48,20 @@ def test_allocation_stops_when_nothing_is_left_to_remove():
     only = unit("only", 4, {4: 0.0, 2: 0.1}, 5.0)
     kept, predicted = allocate([only], lambda k: 20.0 - only.saved[k["only"]], target=0.0)
     assert kept == {"only": 2} and predicted == 10.0
+
+
+def test_allocation_from_a_committed_start_only_shrinks_further():
+    a = unit("a", 8, {6: 0.0, 4: 0.05, 2: 0.5}, 10.0)  # committed at 6 by an earlier round
+    b = unit("b", 8, {8: 0.0, 6: 0.2, 4: 0.3}, 10.0)
+    total = 160.0
+
+    def macs(kept):
+        return total - sum(u.saved[kept[u.name]] for u in (a, b))
+
+    kept, predicted = allocate([a, b], macs, target=120.0, start={"a": 6, "b": 8})
+    assert kept == {"a": 4, "b": 8} and predicted == 120.0
+    kept, predicted = allocate([a, b], macs, target=100.0, start={"a": 6, "b": 8})
+    assert kept == {"a": 4, "b": 6} and predicted == 100.0
+    # the give-back never grows a unit past where the round started it
+    kept, predicted = allocate([a, b], macs, target=150.0, start={"a": 6, "b": 8})
+    assert kept == {"a": 6, "b": 8} and predicted == 140.0

@@ -15,7 +15,7 @@ import onnxopt
 from onnxopt.graphs import constant_input_value, export_model, import_graph
 from onnxopt.models.builders import transformer_block
 from onnxopt.passes.prune import ChannelPrune
-from onnxopt.passes.prune.heads import find_attention, remove_heads
+from onnxopt.passes.prune.heads import find_attention, remove_heads, token_mask_input
 from onnxopt.pipeline import PassContext, get_pass
 from onnxopt.runtime import run_model
 from tests.passes.prune.attention_models import feeds, zero_head
@@ -104,6 +104,7 @@ def test_pass_prunes_heads_at_a_ratio_and_refits_the_output_projection():
     assert entry["error_after_refit"] <= entry["error_before_refit"]
     reshapes = sorted(constant_input_value(n.inputs[1]).tolist() for n in graph.nodes if n.op == "Reshape")
     assert reshapes == [[1, 8, 3, 8]] * 3 + [[1, 8, 24]]
+    assert token_mask_input(graph, find_attention(graph)[0]) is None  # the block has no run-time mask
     out = run_model(pruned, feeds(99))["y"]
     ref = run_model(model, feeds(99))["y"]
     assert out.shape == ref.shape and np.isfinite(out).all()
@@ -126,6 +127,40 @@ def test_global_budget_spreads_macs_over_heads_and_ffn_channels():
     onnx.checker.check_model(export_model(graph, model))
 
 
+def test_iterative_global_search_meets_the_budget_and_reports_what_it_pruned():
+    model = transformer_block()
+    graph = import_graph(model)
+    samples = calibration(32)
+    ctx = PassContext(teacher=model, calibration=onnxopt.calibration.open_calibration(samples, model))
+    result = ChannelPrune(flops_target=0.6, min_channels=8, round_to=8, probe_samples=16, search_rounds=3).run(graph, ctx)
+    report = ctx.artifacts["report:channel-prune"]
+    assert result.changed and report["macs_after"] <= 0.6 * report["macs_before"] * 1.001
+    pruned = export_model(graph, model)
+    onnx.checker.check_model(pruned)
+    # every pruned group is named with its kind, kept size and the refit error of the layers reading it
+    by_kind = {p["kind"]: p for p in report["pruned"]}
+    assert set(by_kind) <= {"heads", "channels"} and report["pruned"]
+    for entry in report["pruned"]:
+        assert entry["kept"] < entry["size"]
+        for fit in entry["refit"]:
+            assert fit["error_after"] <= fit["error_before"]
+    if "heads" in by_kind:
+        kept_heads = by_kind["heads"]["kept"]
+        reshapes = sorted(constant_input_value(n.inputs[1]).tolist() for n in graph.nodes if n.op == "Reshape")
+        assert reshapes == [[1, 8, kept_heads, 8]] * 3 + [[1, 8, kept_heads * 8]]
+        # the Q/K/V and context channel groups are pruned as heads, not listed as blocked
+        assert report["blocked_as_channels_pruned_as_heads"]
+        assert not any("attn." in str(b["producers"]) for b in report["blocked"])
+    if "channels" in by_kind:
+        assert by_kind["channels"]["kept"] % 8 == 0
+    # numbers: the pruned block against the original on held-out inputs, and the search's own estimate
+    held_out = [feeds(500 + i) for i in range(16)]
+    err = sum(float(np.sum((run_model(pruned, f)["y"] - run_model(model, f)["y"]) ** 2)) for f in held_out)
+    err /= sum(float(np.sum(run_model(model, f)["y"] ** 2)) for f in held_out)
+    assert 0 < err < 0.25
+    assert 0 < report["predicted_joint_output_error"] < 0.5
+
+
 def test_uniform_allocation_leaves_heads_alone_for_a_flops_target():
     model = transformer_block()
     graph = import_graph(model)
@@ -146,6 +181,7 @@ def test_minilm_heads_are_found_and_removing_zeroed_heads_is_exact():
     groups, blocked = find_attention(graph)
     assert blocked == [] and len(groups) == 6
     assert all((g.heads, g.head_dim) == (12, 32) for g in groups)
+    assert token_mask_input(graph, groups) == "attention_mask"
     for group in groups:  # silence heads 0 and 5 of every layer, then remove them
         w = constant_input_value(group.output.inputs[1]).copy()
         w[group.columns(np.array([0, 5]))] = 0

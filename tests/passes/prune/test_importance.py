@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxopt.graphs import import_graph
 from onnxopt.models.builders import transformer_block
 from onnxopt.passes.prune.groups import analyse
 from onnxopt.passes.prune.heads import find_attention
-from onnxopt.passes.prune.importance import Unit, channel_consumers, head_consumer, head_ranking, output_costs
+from onnxopt.passes.prune.importance import (
+    Consumer,
+    Prober,
+    Unit,
+    channel_consumers,
+    head_consumer,
+    head_ranking,
+    output_costs,
+)
 from onnxopt.passes.reconstruct import input_grams, scale_solve
 from onnxopt.pipeline import PassContext, get_pass
 from onnxopt.runtime import run_model
@@ -81,3 +90,51 @@ def test_full_compensation_makes_a_duplicate_channel_free_where_rescaling_cannot
         output_costs(graph, [unit], grams, samples, reference, compensation)
         costs[compensation] = unit.cost[7]
     assert costs["full"] < 1e-5 and costs["scale"] > 100 * costs["full"]  # the ridge leaves a trace
+
+
+def test_prober_prices_a_joint_plan_as_the_model_with_those_weights_computes_it():
+    model = transformer_block()
+    graph, samples, reference = setup(model)
+    (group,), _ = find_attention(graph)
+    heads = Unit("heads", "h", 4, group, [head_consumer(group)], ranking=np.array([3.0, 2.0, 0.0, 1.0]))
+    ffn_group = next(g for g in analyse(graph).groups if g.prunable)
+    ffn = Unit("channels", "ffn", ffn_group.n_classes, ffn_group, channel_consumers(ffn_group), ranking=np.arange(ffn_group.n_classes, dtype=float))
+    prober = Prober(graph, [heads, ffn], {}, samples, reference)
+    joint = {**prober.weights(heads, 3), **prober.weights(ffn, 32)}
+    error = prober.error(joint)
+    # the same plan written into the model's initializers, run by onnxruntime
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    values = {c.node.inputs[c.index].name: joint[prober.names[id(c.node), c.index]] for u in (heads, ffn) for c in u.consumers}
+    for init in edited.graph.initializer:
+        if init.name in values:
+            init.CopyFrom(onnx.numpy_helper.from_array(values[init.name], init.name))
+    outs = [list(run_model(edited, f).values()) for f in samples]
+    expected = sum(float(np.sum((o - r) ** 2)) for a, b in zip(outs, reference) for o, r in zip(a, b)) / sum(float(np.sum(r**2)) for b in reference for r in b)
+    assert error > 1e-4
+    np.testing.assert_allclose(error, expected, rtol=1e-3)
+    # pruning both costs more than either alone
+    assert error > max(prober.error(prober.weights(heads, 3)), prober.error(prober.weights(ffn, 32)))
+
+
+def test_prober_leaves_padding_positions_out_of_the_error():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 5)).astype(np.float32)
+    x = gs.Variable("x", np.float32, (2, 3, 4))
+    mask = gs.Variable("mask", np.int64, (2, 3))
+    y = gs.Variable("y", np.float32, (2, 3, 5))
+    node = gs.Node("MatMul", "proj", inputs=[x, gs.Constant("w", w)], outputs=[y])
+    graph = gs.Graph(nodes=[node], inputs=[x, mask], outputs=[y], opset=17)
+    unit = Unit("channels", "u", 4, None, [Consumer(node, 1, np.arange(4), w.astype(np.float64), False)], ranking=np.array([3.0, 2.0, 1.0, 0.0]))
+    feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32), "mask": np.array([[1, 1, 0], [1, 0, 0]], np.int64)}
+    feeds["x"][feeds["mask"] == 0] *= 100  # padding rows would dominate an unmasked error
+    reference = [[feeds["x"] @ w]]
+    kept = w.copy()
+    kept[3] = 0
+    real = feeds["mask"] == 1
+    expected = np.sum((feeds["x"] @ kept - reference[0][0])[real] ** 2) / np.sum(reference[0][0][real] ** 2)
+    masked = Prober(graph, [unit], {}, [feeds], reference, token_mask="mask")
+    np.testing.assert_allclose(masked.error(masked.weights(unit, 3)), expected, rtol=1e-4)
+    unmasked = Prober(graph, [unit], {}, [feeds], reference)
+    everything = np.sum((feeds["x"] @ kept - reference[0][0]) ** 2) / np.sum(reference[0][0] ** 2)
+    np.testing.assert_allclose(unmasked.error(unmasked.weights(unit, 3)), everything, rtol=1e-4)
