@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 from bench_prune import ZOO, latency_ratio, run_sections
 
 import onnxopt
@@ -77,6 +78,7 @@ def tuned(model, calib, data, labels, budget: float, **kwargs) -> tuple:
     summary = {
         "seconds": round(seconds), "trials": len(result.trials), "budget_s": budget,
         "states": {s: sum(1 for t in result.trials if t["state"] == s) for s in ("complete", "pruned", "failed")},
+        "trial_s_median": round(float(np.median([t["seconds"] for t in result.trials if t.get("seconds")] or [0])), 1),
         "front": [{k: t[k] for k in ("number", "speedup", "ci95", "drop_pts", "fidelity", "size_mb", "macs_ratio", "command")} for t in result.front()],
         "best": result.best and {k: result.best[k] for k in ("number", "speedup", "ci95", "drop_pts", "fidelity", "command")},
         "closest": result.closest and result.closest["command"],
@@ -168,7 +170,7 @@ def render(results: dict) -> str:
 
 def _tune_lines(summary: dict, accuracy_key: str) -> list[str]:
     lines = ["", (f"The tune ran {summary['seconds']} s (budget {summary['budget_s']:g} s): {summary['trials']} trials "
-                  f"({', '.join(f'{n} {s}' for s, n in summary['states'].items())}). Its Pareto front on the tuning data "
+                  f"({', '.join(f'{n} {s}' for s, n in summary['states'].items())}; median {summary.get('trial_s_median', '?')} s a trial). Its Pareto front on the tuning data "
                   "(speedups as measured inside the search):"), "", "| trial | speedup | " + ("drop (pts)" if accuracy_key == "drop_pts" else "fidelity") + " | command |", "|---|---|---|---|"]
     for t in summary["front"]:
         lines.append(f"| #{t['number']} | {t['speedup']:.2f}x | {t[accuracy_key]:.4g} | `{t['command']}` |")
