@@ -20,6 +20,7 @@ shared: every latency is a paired ratio, so a neighbour's load hits both sides a
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -122,7 +123,9 @@ def section_effnet(iters: int) -> dict:
     compiled = onnxopt.compile(original, target="ort-int8", calibration=str(calib), save=False, profile=False)
     int8 = {"recipe": "ort-int8"}
     int8.update(judge(original, compiled.model, str(data), None, feeds, iters))
-    floor = int8["fidelity"]
+    # the floor is ort-int8's fidelity to judge's 6 decimals, rounded down: rounding to nearest can put it
+    # a hair above ort-int8's own model, which then misses it when compiled again
+    floor = math.floor(evaluate(original, compiled.model, str(data)).fidelity * 1e6) / 1e6
     print(f"== tune --min-fidelity {floor} --time-budget {BUDGET_EFFNET:g}", flush=True)
     best, summary = tuned(model, calib, data, None, BUDGET_EFFNET, min_fidelity=floor)
     rows = [int8]
