@@ -118,6 +118,10 @@ def _prunes(params: dict[str, Any]) -> bool:
     return float(params.get("prune_flops", 1.0)) < 1.0
 
 
+def _global_prune(params: dict[str, Any]) -> bool:
+    return _prunes(params) and params.get("prune_allocation") == "auto"
+
+
 # fine steps: the fastest feasible recipes sit on the accuracy cliff of the pruning ratio
 PRUNE_FLOPS = FloatDistribution(0.15, 1.0, step=0.025)
 
@@ -137,12 +141,16 @@ def knobs(targets: tuple[str, ...]) -> list[Knob]:
         Knob("prune_flops", PRUNE_FLOPS, always, _prune, "MACs kept by channel pruning (1: no pruning)"),
         Knob("prune_allocation", CategoricalDistribution(["auto", "uniform"]), _prunes,
              _override("channel-prune", "allocation"), "MACs spread by measured output error (auto: global) or one ratio everywhere"),
-        Knob("prune_probe_samples", CategoricalDistribution([8, 16, 32]), lambda p: _prunes(p) and p.get("prune_allocation") == "auto",
+        Knob("prune_probe_samples", CategoricalDistribution([8, 16, 32]), _global_prune,
              _override("channel-prune", "probe_samples"), "samples the global allocation measures errors on (fewer: a cheaper trial)"),
         Knob("prune_scale_refit", CategoricalDistribution([True, False]), _prunes,
              _override("channel-prune", "scale_refit"), "held-out rows choose between a full refit and rescaling"),
         Knob("prune_propagate", CategoricalDistribution([True, False]), _prunes,
              _override("channel-prune", "propagate"), "a refit feeding a residual Add repairs earlier layers' error too"),
+        Knob("prune_compensation", CategoricalDistribution(["conv", "scale"]), _global_prune,
+             _override("channel-prune", "probe_compensation"), "cost probes refit Conv consumers by least squares (conv) or rescale them"),
+        Knob("prune_search_rounds", CategoricalDistribution([0, 1, 2, 4]), _global_prune,
+             _override("channel-prune", "search_rounds"), "rounds of the global allocation, each re-measuring costs on the model as pruned so far (0: auto)"),
         Knob("depthwise", CategoricalDistribution([False, True]), always, _depthwise, "depthwise-separable substitution"),
         Knob("depthwise_flops", FloatDistribution(0.4, 0.95, step=0.05), lambda p: bool(p.get("depthwise")),
              _depthwise_flops, "MACs kept by the substitution"),
@@ -196,7 +204,8 @@ def default_params(targets: tuple[str, ...], table: list[Knob]) -> list[dict[str
     defaults = {"int8_max_drop": ("quantize-int8", "max_drop"), "int8_calibrator": ("quantize-int8", "calibrator"),
                 "int8_max_fallback": ("quantize-int8", "max_fallback"), "int8_final_layer": ("quantize-int8", "final_layer"),
                 "prune_allocation": ("channel-prune", "allocation"), "prune_probe_samples": ("channel-prune", "probe_samples"),
-                "prune_scale_refit": ("channel-prune", "scale_refit"), "prune_propagate": ("channel-prune", "propagate")}
+                "prune_scale_refit": ("channel-prune", "scale_refit"), "prune_propagate": ("channel-prune", "propagate"),
+                "prune_compensation": ("channel-prune", "probe_compensation"), "prune_search_rounds": ("channel-prune", "search_rounds")}
     plain = [{"target": target, "prune_flops": 1.0} for target in targets]
     seeds = [dict(seed) for seed in SEEDS if seed["target"] in targets]
     starts = []
