@@ -160,6 +160,8 @@ class QuantizeInt8(Pass):
         reduce = rules.name == "ort" and (cfg.reduce_range == "on" or (cfg.reduce_range == "auto" and needs_reduced_range()))
         qmax = {name: 63 if reduce and category(nodes[name]) != "Conv-depthwise" else 127 for name in specs}
         weights, rounding = self._weights(fg, specs, stats, qmax)
+        for layer in stats.layers.values():
+            layer.fit = layer.held_out = None  # the Gram matrices, the largest statistics: only GPTQ reads them (peak memory)
         clock.lap("weights")
         fidelity = Fidelity(stats.reference, ctx.options.get("metric") or cfg.metric)
         state = _State(float_model, fg, rules, plan, params, weights, why_float, attention=cfg.attention)
