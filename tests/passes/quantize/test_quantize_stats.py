@@ -7,7 +7,7 @@ import numpy as np
 from onnxopt.graphs import import_graph
 from onnxopt.passes.quantize.collect import collect_histograms
 from onnxopt.passes.quantize.fidelity import run_all
-from onnxopt.passes.quantize.stats import collect_statistics
+from onnxopt.passes.quantize.stats import _gram_bytes, collect_statistics
 from onnxopt.passes.reconstruct import gram, layer_input_rows
 from tests.passes.quantize.qmodels import conv_net, images
 
@@ -38,6 +38,17 @@ def test_gram_matrices_over_the_memory_budget_take_more_passes():
     stats = collect_statistics(model, ["r1"], layers, {"conv1", "conv2"}, data, bins=256, memory_budget=1)
     assert stats.passes == 2 and stats.samples == 4 and len(stats.reference) == 4
     assert all(stats.layers[n].fit is not None for n in layers)
+
+
+def test_memory_budget_counts_float32_grams_of_the_input_columns():
+    import onnx_graphsurgeon as gs
+
+    def node(op, shape, **attrs):
+        return gs.Node(op, inputs=[gs.Variable("x"), gs.Constant("w", np.zeros(shape, np.float32))], attrs=attrs)
+
+    assert _gram_bytes(node("MatMul", (384, 1536))) == 384 * 384 * 4  # K is the weight's rows, not its larger side
+    assert _gram_bytes(node("Gemm", (1536, 384), transB=1)) == 384 * 384 * 4
+    assert _gram_bytes(node("Conv", (32, 1, 3, 3), group=32)) == 32 * 9 * 9 * 4
 
 
 def test_sampled_conv_rows_are_the_rows_of_the_full_unfolding():
