@@ -20,6 +20,7 @@ shared: every latency is a paired ratio, so a neighbour's load hits both sides a
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 from bench_prune import ZOO, latency_ratio, run_sections
 
 import onnxopt
@@ -77,6 +79,7 @@ def tuned(model, calib, data, labels, budget: float, **kwargs) -> tuple:
     summary = {
         "seconds": round(seconds), "trials": len(result.trials), "budget_s": budget,
         "states": {s: sum(1 for t in result.trials if t["state"] == s) for s in ("complete", "pruned", "failed")},
+        "trial_s_median": round(float(np.median([t["seconds"] for t in result.trials if t.get("seconds")] or [0])), 1),
         "front": [{k: t[k] for k in ("number", "speedup", "ci95", "drop_pts", "fidelity", "size_mb", "macs_ratio", "command")} for t in result.front()],
         "best": result.best and {k: result.best[k] for k in ("number", "speedup", "ci95", "drop_pts", "fidelity", "command")},
         "closest": result.closest and result.closest["command"],
@@ -120,7 +123,9 @@ def section_effnet(iters: int) -> dict:
     compiled = onnxopt.compile(original, target="ort-int8", calibration=str(calib), save=False, profile=False)
     int8 = {"recipe": "ort-int8"}
     int8.update(judge(original, compiled.model, str(data), None, feeds, iters))
-    floor = int8["fidelity"]
+    # the floor is ort-int8's fidelity to judge's 6 decimals, rounded down: rounding to nearest can put it
+    # a hair above ort-int8's own model, which then misses it when compiled again
+    floor = math.floor(evaluate(original, compiled.model, str(data)).fidelity * 1e6) / 1e6
     print(f"== tune --min-fidelity {floor} --time-budget {BUDGET_EFFNET:g}", flush=True)
     best, summary = tuned(model, calib, data, None, BUDGET_EFFNET, min_fidelity=floor)
     rows = [int8]
@@ -168,7 +173,7 @@ def render(results: dict) -> str:
 
 def _tune_lines(summary: dict, accuracy_key: str) -> list[str]:
     lines = ["", (f"The tune ran {summary['seconds']} s (budget {summary['budget_s']:g} s): {summary['trials']} trials "
-                  f"({', '.join(f'{n} {s}' for s, n in summary['states'].items())}). Its Pareto front on the tuning data "
+                  f"({', '.join(f'{n} {s}' for s, n in summary['states'].items())}; median {summary.get('trial_s_median', '?')} s a trial). Its Pareto front on the tuning data "
                   "(speedups as measured inside the search):"), "", "| trial | speedup | " + ("drop (pts)" if accuracy_key == "drop_pts" else "fidelity") + " | command |", "|---|---|---|---|"]
     for t in summary["front"]:
         lines.append(f"| #{t['number']} | {t['speedup']:.2f}x | {t[accuracy_key]:.4g} | `{t['command']}` |")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +26,24 @@ OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+_default_threads = 0  # intra-op threads of sessions that ask for none (0: ORT's own choice, one per core)
+
+
+@contextmanager
+def default_threads(count: int) -> Iterator[None]:
+    """Sessions created meanwhile without an explicit thread count use `count` threads.
+
+    Tune compiles its trials with one thread: on a shared or busy machine, spinning intra-op
+    threads of the many small sessions a compile creates cost several times the work itself.
+    """
+    global _default_threads
+    previous, _default_threads = _default_threads, count
+    try:
+        yield
+    finally:
+        _default_threads = previous
+
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -45,6 +65,7 @@ def session_options(
     so.log_severity_level = 4  # failures reach the user once, as our one-line errors, not as ORT log lines too
     if opt_level == "disable":  # plain runs (verification): weight prepacking is a transient second copy of every weight
         so.add_session_config_entry("session.disable_prepacking", "1")
+    threads = threads or _default_threads
     if threads:
         so.intra_op_num_threads = threads
     if not spinning:

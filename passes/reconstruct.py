@@ -436,6 +436,94 @@ def _truncated(graph: gs.Graph, name: str, *more: str) -> onnx.ModelProto:
     return export_model(sub)
 
 
+def depthwise(node: gs.Node) -> bool:
+    """A 2-D Conv with one input channel per output channel and constant weights: every output
+    channel is its own small least-squares problem over its kernel window (refit per channel)."""
+    if node.op != "Conv" or len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return False
+    if len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
+        return False
+    weight = np.asarray(node.inputs[1].values)
+    group = int(node.attrs.get("group", 1))
+    return weight.ndim == 4 and group > 1 and weight.shape[0] == group and weight.shape[1] == 1
+
+
+class ChannelwiseEquations:
+    """Normal equations of a depthwise Conv, one (K+1)-square system per channel (K = kernel
+    positions, +1 for the bias), so the fit costs channels x K^2 memory, not (channels x K)^2."""
+
+    def __init__(self) -> None:
+        self.xtx = self.xty = self.yy = None
+        self.rows = 0
+
+    def add(self, rows: np.ndarray, y: np.ndarray) -> None:
+        """rows (R, channels, K) of kernel windows, y (R, channels) of target outputs."""
+        a = np.concatenate([rows, np.ones(rows.shape[:2] + (1,), rows.dtype)], axis=2)
+        a = np.ascontiguousarray(a.transpose(1, 0, 2), dtype=np.float64)  # (channels, R, K+1): batched BLAS
+        yt = np.ascontiguousarray(y.T, dtype=np.float64)
+        if self.xtx is None:
+            self.xtx = np.zeros((a.shape[0], a.shape[2], a.shape[2]))
+            self.xty = np.zeros((a.shape[0], a.shape[2]))
+            self.yy = np.zeros(a.shape[0])
+        self.xtx += np.matmul(a.transpose(0, 2, 1), a)
+        self.xty += np.matmul(a.transpose(0, 2, 1), yt[:, :, None])[:, :, 0]
+        self.yy += np.square(yt).sum(axis=1)
+        self.rows += rows.shape[0]
+
+    def merged(self, other: "ChannelwiseEquations") -> "ChannelwiseEquations":
+        total = ChannelwiseEquations()
+        total.xtx, total.xty, total.yy = self.xtx + other.xtx, self.xty + other.xty, self.yy + other.yy
+        total.rows = self.rows + other.rows
+        return total
+
+    def solve(self, ridge: float, prior: np.ndarray) -> np.ndarray:
+        """(channels, K+1) weights and bias; the ridge (relative to each channel's mean input
+        energy) pulls toward `prior`, the layer's current weights."""
+        k = self.xtx.shape[1]
+        scale = np.trace(self.xtx, axis1=1, axis2=2) / k
+        scale = np.where(scale > 0, scale, 1.0) * ridge
+        normal = self.xtx + scale[:, None, None] * np.eye(k)
+        return np.linalg.solve(normal, (self.xty + scale[:, None] * prior)[:, :, None])[:, :, 0]
+
+    def residual(self, w: np.ndarray) -> np.ndarray:
+        """Per channel ||x w - y||^2 over the rows added."""
+        fitted = np.einsum("gk,gkl,gl->g", w, self.xtx, w)
+        return np.maximum(self.yy - 2 * np.sum(w * self.xty, axis=1) + fitted, 0.0)
+
+
+def _refit_depthwise(node: gs.Node, folds: list[ChannelwiseEquations], grid=RIDGE_GRID) -> dict:
+    """Per channel, the held-out best of the current weights and ridge refits toward them."""
+    weight = np.asarray(node.inputs[1].values, dtype=np.float64)
+    channels = weight.shape[0]
+    bias = np.asarray(node.inputs[2].values, dtype=np.float64) if len(node.inputs) > 2 else np.zeros(channels)
+    prior = np.concatenate([weight.reshape(channels, -1), bias[:, None]], axis=1)
+    stats = folds[0].merged(folds[1])
+    held_out = np.zeros((len(grid) + 1, channels))  # candidate 0: leave the channel as it is
+    for rest, test in ((folds[0], folds[1]), (folds[1], folds[0])):
+        for k, ridge in enumerate(grid, start=1):
+            held_out[k] += test.residual(rest.solve(ridge, prior))
+    held_out[0] = folds[0].residual(prior) + folds[1].residual(prior)
+    choice = np.argmin(held_out, axis=0)
+    new = prior.copy()
+    for k, ridge in enumerate(grid, start=1):
+        if np.any(choice == k):
+            solved = stats.solve(ridge, prior)
+            new[choice == k] = solved[choice == k]
+    denominator = float(stats.yy.sum()) or 1.0
+    before = float(np.sqrt(stats.residual(prior).sum() / denominator))
+    after = float(np.sqrt(stats.residual(new).sum() / denominator))
+    if after < before:
+        name = node.name or node.outputs[0].name
+        node.inputs[1] = gs.Constant(f"{name}.weight", np.ascontiguousarray(new[:, :-1].reshape(weight.shape).astype(np.float32)))
+        bias_const = gs.Constant(f"{name}.bias", np.ascontiguousarray(new[:, -1].astype(np.float32)))
+        if len(node.inputs) > 2:
+            node.inputs[2] = bias_const
+        else:
+            node.inputs.append(bias_const)
+    return {"layer": node.name, "rows": stats.rows, "ridge": None, "method": "depthwise", "channels_refit": int(np.sum(choice > 0)),
+            "error_before": before, "error_after": min(before, after)}
+
+
 def refit_layers(
     graph: gs.Graph,
     targets: list[LayerTarget],
@@ -446,12 +534,18 @@ def refit_layers(
     scarce_factor: int = 20,
     seed: int = 0,
     scale_refit: bool = False,
+    keep_if_better: bool = False,
+    contiguous_folds: bool = False,
 ) -> list[dict]:
     """Refit each target in order (ThiNet / He et al. 2017): inputs from the current graph, so
     earlier refits are seen by later ones, outputs from the reference. The ridge pulls toward the
     layer's current weights; when rows are scarce (fewer than `scarce_factor` per feature) its
     strength is chosen by 2-fold cross-validation over the samples, and with `scale_refit` the
-    same folds choose between that full refit and per-input scales (scale_solve). Mutates the graph's weights;
+    same folds choose between that full refit and per-input scales (scale_solve); with `keep_if_better`
+    also leaving the layer as it is competes (a layer that was not pruned itself, refit only to
+    absorb upstream error, must not get worse on data it has not seen). `contiguous_folds` splits
+    the samples into first and second half instead of alternating, so samples drawn from one
+    source in a row (crops of one photo) stay in one fold. Mutates the graph's weights;
     returns per-layer relative errors on the calibration rows before and after."""
     samples = list(data)
     rng = np.random.default_rng(seed)
@@ -493,14 +587,23 @@ def refit_layers(
         fit_bias = node.op != "MatMul" or separate_bias is not None
         extra = (target.correction,) if target.correction else ()
         session = make_session(_truncated(graph, node.inputs[0].name, *extra), opt_level="basic")
-        w_now, b_now = _linear_form(node)
-        folds = [NormalEquations(), NormalEquations()]
+        channelwise = depthwise(node)
+        folds = [ChannelwiseEquations(), ChannelwiseEquations()] if channelwise else [NormalEquations(), NormalEquations()]
         for i, (feeds, pick, y) in enumerate(zip(samples, positions[id(target)], outputs[id(target)])):
             values = session.run(None, feeds)
-            rows = _layer_rows(node, values[0], np.asarray(node.inputs[1].values))[pick]
+            weight = np.asarray(node.inputs[1].values)
+            if channelwise:
+                rows = layer_input_rows(values[0], "Conv", node.attrs, weight.shape)[pick]
+            else:
+                rows = _layer_rows(node, values[0], weight)[pick]
             if target.correction:
                 y = y - _output_rows(node, values[1])[pick]
-            folds[i % 2].add(rows, y)
+            folds[2 * i // len(samples) if contiguous_folds else i % 2].add(rows, y)
+        if channelwise:
+            if folds[0].rows and folds[1].rows:
+                results.append(_refit_depthwise(node, folds))
+            continue
+        w_now, b_now = _linear_form(node)
         stats = folds[0].merged(folds[1])
         if stats.rows == 0:
             continue
@@ -509,7 +612,8 @@ def refit_layers(
         if stats.rows < scarce_factor * w_now.shape[0]:
             chosen = validated_ridge(folds, fit_bias=fit_bias, prior=w_now)
         method = "full"
-        if scale_refit and stats.rows < scarce_factor * w_now.shape[0]:
+        scarce = stats.rows < scarce_factor * w_now.shape[0]
+        if (scale_refit and scarce) or keep_if_better:
             # few rows per weight: keep the full refit only where it predicts held-out rows better
             # than rescaling the kept inputs (and than leaving the layer as it is)
             def full(s, fit_bias=fit_bias, chosen=chosen, w_now=w_now):
@@ -518,8 +622,16 @@ def refit_layers(
             def scaled(s, fit_bias=fit_bias, w_now=w_now):
                 return _scale_fit(s, w_now, fit_bias)
 
-            errors = {"full": _held_out_error(folds, full), "scale": _held_out_error(folds, scaled)}
+            errors = {"full": _held_out_error(folds, full)}
+            if scale_refit and scarce:
+                errors["scale"] = _held_out_error(folds, scaled)
+            if keep_if_better:
+                b_keep = b_now if fit_bias else np.zeros_like(b_now)
+                errors["keep"] = _held_out_error(folds, lambda s, w=w_now, b=b_keep: (w, b))
             method = min(errors, key=errors.get)
+        if method == "keep":
+            results.append({"layer": node.name, "rows": stats.rows, "ridge": chosen, "method": method, "error_before": before, "error_after": before})
+            continue
         w_new, b_new = stats.solve(fit_bias=fit_bias, ridge=chosen, prior=w_now) if method == "full" else _scale_fit(stats, w_now, fit_bias)
         after = stats.relative_error(w_new, b_new)
         if after < before:

@@ -35,6 +35,7 @@ def tune(
     calibration: str | os.PathLike,
     data: str | os.PathLike,
     labels: str | os.PathLike | None = None,
+    metric: Callable | None = None,
     max_drop: float | None = None,
     min_fidelity: float | None = None,
     max_size_mb: float | None = None,
@@ -62,6 +63,12 @@ def tune(
     `storage` a journal file or an RDB URL that makes the study resumable. `trials` counts every
     trial of the stored study, earlier runs included. `trial_function` replaces the worker's
     trial (tests use it to simulate a dying worker).
+
+    `metric(outputs, labels)` replaces the accuracy measure, as in `onnxopt.evaluate`: it gets every
+    output of a model over the tuning data (stacked on axis 0) and the labels, and returns a number,
+    higher is better (or a dict: its first value counts). `max_drop` then bounds the original's
+    value minus the optimized model's, in the metric's units. It runs in the trial processes, so it
+    must pickle: a module-level function, not a lambda.
     """
     from onnxopt.ir import load_model, save_model
     from onnxopt.tune import executors
@@ -73,6 +80,7 @@ def tune(
         open_study,
         progress_bar,
         search,
+        started_trials,
     )
 
     say = log or (lambda message: None)
@@ -88,6 +96,8 @@ def tune(
     if output is not None and Path(output).resolve() == Path(model).resolve():
         raise ConfigError(f"output {output} is the input model; choose another -o")
     targets = check_targets(tuple(targets))
+    if metric is not None:
+        _check_metric(metric, max_drop)
     if ray is not None:
         executors._probe(ray)  # a dead address fails here, before any work
     budget = Budget(max_drop=max_drop, min_fidelity=min_fidelity, max_size_mb=max_size_mb)
@@ -98,8 +108,9 @@ def tune(
         files = _prepare(original, Path(work), calibration, data, labels, ray is not None)
         settings = SearchSettings(
             targets=targets, budget=budget, files=files, trials=trials, time_budget=time_budget, seed=seed,
-            profile_iters=profile_iters, subset=subset, threads=threads, study_name=study_name,
+            profile_iters=profile_iters, subset=subset, threads=threads, study_name=study_name, metric=metric,
             context={"model": hashlib.sha256(original.SerializeToString()).hexdigest()[:16], "targets": list(targets),
+                     **({"metric": getattr(metric, "__name__", "metric")} if metric is not None else {}),
                      "budget": {"max_drop": max_drop, "min_fidelity": min_fidelity, "max_size_mb": max_size_mb}},
         )
         study = open_study(settings, storage)
@@ -112,7 +123,7 @@ def tune(
             search(study, settings, executor, on_trial)
 
         command = ["onnxopt", "compile", str(model), "--calib", str(calibration)]
-        records = [trial_record(t, targets, command) for t in study.get_trials(deepcopy=False)]
+        records = [trial_record(t, targets, command) for t in started_trials(study)]
         result = TuneResult(
             executor=executor.name, objective=settings.objective, budget=settings.context["budget"], trials=records,
             pareto=sorted(t.number for t in study.best_trials), source=str(model),
@@ -130,6 +141,18 @@ def tune(
                 result.output = str(output)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_metric(metric: Callable, max_drop: float | None) -> None:
+    import pickle
+
+    if max_drop is None:
+        raise ConfigError("a user metric needs --max-drop (the most its value may fall), not --min-fidelity")
+    try:
+        pickle.dumps(metric)
+    except Exception as exc:  # noqa: BLE001 - PicklingError, AttributeError for lambdas and closures
+        raise ConfigError(f"metric {getattr(metric, '__name__', metric)!r} cannot be sent to the trial processes ({type(exc).__name__}); "
+                          "pass a module-level function, not a lambda or a closure") from None
 
 
 def _no_bar():
@@ -176,7 +199,7 @@ def _closest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _recheck(original, recipe, files: dict[str, str], settings, result: TuneResult):
     """Compile the chosen recipe once more with the full report; keep it only if it still meets the budget."""
     from onnxopt.api import compile as run_compile
-    from onnxopt.evaluation import EvaluationResult
+    from onnxopt.evaluation import EvaluationResult, evaluate
 
     compiled = run_compile(
         original, target=recipe.target, calibration=files["calib"], extra_passes=recipe.extra_passes(),
@@ -184,7 +207,11 @@ def _recheck(original, recipe, files: dict[str, str], settings, result: TuneResu
         threads=settings.threads, evaluation_data=files["data"], labels=files.get("labels"),
     )
     ev = compiled.report.evaluation
-    drop, fidelity, _ = accuracy_of(EvaluationResult(samples=ev["samples"], outputs=ev["outputs"], accuracy=ev["accuracy"]))
+    if settings.metric is not None:
+        evaluation = evaluate(original, compiled.model, files["data"], files.get("labels"), metric=settings.metric)
+    else:
+        evaluation = EvaluationResult(samples=ev["samples"], outputs=ev["outputs"], accuracy=ev["accuracy"])
+    drop, fidelity, _ = accuracy_of(evaluation)
     size_mb = compiled.report.after["size_bytes"] / 1e6
     if any(v > 0 for v in settings.budget.violations(drop, fidelity, size_mb).values()):
         result.notes.append(f"trial #{result.best['number']} missed the budget when compiled again (drop {drop}, fidelity {fidelity:.5f}); no model written")

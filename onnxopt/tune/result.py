@@ -33,9 +33,11 @@ def trial_record(trial, targets: tuple[str, ...], command: list[str]) -> dict[st
         "drop_pts": outcome.get("drop_pts"),
         "fidelity": outcome.get("fidelity"),
         "accuracy": outcome.get("accuracy"),
+        "metric": outcome.get("metric"),  # the user metric of both models, when tune was given one
         "size_mb": outcome.get("size_mb"),
         "macs_ratio": (outcome["macs"] / outcome["macs_before"]) if outcome.get("macs") and outcome.get("macs_before") else None,
         "seconds": outcome.get("seconds"),
+        "compile_s": outcome.get("compile_s"),
         "host": outcome.get("host"),
         "worker": outcome.get("worker"),
         "violation": sum(max(v, 0.0) for v in trial.constraints.values()) if trial.constraints else None,

@@ -85,7 +85,8 @@ def pass_default(pass_name: str, option_name: str) -> Any:
 def _override(pass_name: str, option_name: str) -> Callable[[Recipe, Any], None]:
     def apply(recipe: Recipe, value: Any) -> None:
         if value != pass_default(pass_name, option_name):
-            recipe.overrides.append(f"{pass_name}.{option_name}={value}")
+            text = str(value).lower() if isinstance(value, bool) else value  # --set values are TOML
+            recipe.overrides.append(f"{pass_name}.{option_name}={text}")
 
     return apply
 
@@ -113,6 +114,18 @@ def always(params: dict[str, Any]) -> bool:
     return True
 
 
+def _prunes(params: dict[str, Any]) -> bool:
+    return float(params.get("prune_flops", 1.0)) < 1.0
+
+
+def _global_prune(params: dict[str, Any]) -> bool:
+    return _prunes(params) and params.get("prune_allocation") == "auto"
+
+
+# fine steps: the fastest feasible recipes sit on the accuracy cliff of the pruning ratio
+PRUNE_FLOPS = FloatDistribution(0.15, 1.0, step=0.025)
+
+
 def knobs(targets: tuple[str, ...]) -> list[Knob]:
     """The table: order matters only for conditions (a knob may look at the ones above it)."""
     return [
@@ -125,7 +138,19 @@ def knobs(targets: tuple[str, ...]) -> list[Knob]:
              _override("quantize-int8", "max_fallback"), "most layers (fraction) kept in float"),
         Knob("int8_final_layer", CategoricalDistribution(["float", "int8"]), _is_int8,
              _override("quantize-int8", "final_layer"), "the classifier layer kept float or int8"),
-        Knob("prune_flops", FloatDistribution(0.2, 1.0, step=0.05), always, _prune, "MACs kept by channel pruning (1: no pruning)"),
+        Knob("prune_flops", PRUNE_FLOPS, always, _prune, "MACs kept by channel pruning (1: no pruning)"),
+        Knob("prune_allocation", CategoricalDistribution(["auto", "uniform"]), _prunes,
+             _override("channel-prune", "allocation"), "MACs spread by measured output error (auto: global) or one ratio everywhere"),
+        Knob("prune_probe_samples", CategoricalDistribution([8, 16, 32]), _global_prune,
+             _override("channel-prune", "probe_samples"), "samples the global allocation measures errors on (fewer: a cheaper trial)"),
+        Knob("prune_scale_refit", CategoricalDistribution([True, False]), _prunes,
+             _override("channel-prune", "scale_refit"), "held-out rows choose between a full refit and rescaling"),
+        Knob("prune_propagate", CategoricalDistribution([True, False]), _prunes,
+             _override("channel-prune", "propagate"), "a refit feeding a residual Add repairs earlier layers' error too"),
+        Knob("prune_compensation", CategoricalDistribution(["conv", "scale"]), _global_prune,
+             _override("channel-prune", "probe_compensation"), "cost probes refit Conv consumers by least squares (conv) or rescale them"),
+        Knob("prune_search_rounds", CategoricalDistribution([0, 1, 2, 4]), _global_prune,
+             _override("channel-prune", "search_rounds"), "rounds of the global allocation, each re-measuring costs on the model as pruned so far (0: auto)"),
         Knob("depthwise", CategoricalDistribution([False, True]), always, _depthwise, "depthwise-separable substitution"),
         Knob("depthwise_flops", FloatDistribution(0.4, 0.95, step=0.05), lambda p: bool(p.get("depthwise")),
              _depthwise_flops, "MACs kept by the substitution"),
@@ -162,17 +187,41 @@ def recipe_for(params: dict[str, Any], table: list[Knob]) -> Recipe:
     return recipe
 
 
+# hand-picked compositions a user would try first (issue 14's table): int8 or float with pruning
+SEEDS = (
+    {"target": "ort-int8", "prune_flops": 0.3},
+    {"target": "ort-int8", "prune_flops": 0.5},
+    {"target": "ort-fp32", "prune_flops": 0.3},
+    {"target": "ort-int8", "prune_flops": 0.4},
+    {"target": "ort-int8", "prune_flops": 0.25},
+    {"target": "ort-int8", "prune_flops": 0.3, "prune_allocation": "uniform"},
+)
+
+
 def default_params(targets: tuple[str, ...], table: list[Knob]) -> list[dict[str, Any]]:
-    """Starting points enqueued first: each target's plain recipe (what a user tries by hand)."""
-    int8_defaults = {"int8_max_drop": ("quantize-int8", "max_drop"), "int8_calibrator": ("quantize-int8", "calibrator"),
-                     "int8_max_fallback": ("quantize-int8", "max_fallback"), "int8_final_layer": ("quantize-int8", "final_layer")}
-    by_name = {knob.name: knob for knob in table}
+    """Starting points enqueued first: each target's plain recipe, then the hand-picked compositions
+    (SEEDS) for the targets searched, every other knob at its pass default."""
+    defaults = {"int8_max_drop": ("quantize-int8", "max_drop"), "int8_calibrator": ("quantize-int8", "calibrator"),
+                "int8_max_fallback": ("quantize-int8", "max_fallback"), "int8_final_layer": ("quantize-int8", "final_layer"),
+                "prune_allocation": ("channel-prune", "allocation"), "prune_probe_samples": ("channel-prune", "probe_samples"),
+                "prune_scale_refit": ("channel-prune", "scale_refit"), "prune_propagate": ("channel-prune", "propagate"),
+                "prune_compensation": ("channel-prune", "probe_compensation"), "prune_search_rounds": ("channel-prune", "search_rounds")}
+    plain = [{"target": target, "prune_flops": 1.0} for target in targets]
+    seeds = [dict(seed) for seed in SEEDS if seed["target"] in targets]
     starts = []
-    for target in targets:
-        params: dict[str, Any] = {"target": target, "prune_flops": 1.0, "depthwise": False}
-        if _is_int8(params):
-            params.update({k: pass_default(*where) for k, where in int8_defaults.items()})
+    for chosen in plain + seeds:
+        params: dict[str, Any] = {}
+        for knob in table:  # in table order, so a knob's condition sees the ones above it
+            if not knob.applies(params):
+                continue
+            if knob.name in chosen:
+                params[knob.name] = chosen[knob.name]
+            elif knob.name in defaults:
+                params[knob.name] = pass_default(*defaults[knob.name])
+            elif knob.name == "depthwise":
+                params[knob.name] = False
         # a default the table cannot express is left for the sampler to draw
+        by_name = {knob.name: knob for knob in table}
         starts.append({k: v for k, v in params.items() if k in by_name and _expressible(by_name[k].distribution, v)})
     return starts
 

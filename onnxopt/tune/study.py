@@ -40,6 +40,7 @@ class SearchSettings:
     subset: int = 200
     threads: int = 0
     study_name: str = "onnxopt-tune"
+    metric: Callable | None = None  # the user's accuracy measure (see onnxopt.tune)
     context: dict[str, Any] = field(default_factory=dict)  # what the stored study must match to be resumed
 
     @property
@@ -153,7 +154,7 @@ def search(
     finished = 0
     try:
         while True:
-            while executor.running() < executor.slots and len(study.get_trials(deepcopy=False)) < settings.trials and time.monotonic() < deadline:
+            while executor.running() < executor.slots and len(started_trials(study)) < settings.trials and time.monotonic() < deadline:
                 trial = study.ask()
                 params = suggest(trial, table)
                 twin = _same_params(study, params, trial.number)
@@ -165,7 +166,7 @@ def search(
                 executor.submit(TrialJob(
                     number=trial.number, params=params, targets=settings.targets, files=settings.files,
                     budget=settings.budget, seed=settings.seed, profile_iters=settings.profile_iters,
-                    subset=settings.subset, threads=settings.threads,
+                    subset=settings.subset, threads=settings.threads, metric=settings.metric,
                 ))
             if executor.running() == 0:
                 return
@@ -179,6 +180,11 @@ def search(
         raise
     finally:
         executor.close()
+
+
+def started_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every trial but the enqueued starting points not yet asked for (WAITING): those count for nothing."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
 
 
 def _same_params(study: optuna.Study, params: dict[str, Any], number: int) -> int | None:

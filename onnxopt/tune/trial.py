@@ -5,6 +5,11 @@ there by more than the subset's noise is rejected (Optuna's PRUNED) before the f
 and the latency runs, so a bad recipe costs a compile and a few hundred inferences. Latency is
 measured, never estimated: interleaved paired runs of the original and the candidate on this
 worker, so speedups are comparable across heterogeneous machines.
+
+The compile and the accuracy runs use one thread (ONNX Runtime sessions and BLAS): on a busy
+machine the spinning threads of a compile's many small sessions cost several times the work
+(measured: a pruned int8 trial of the Fashion CNN took 34-83 s with default threads, 7-13 s with
+one, at load 3-8 on 2 cores). Only the latency comparison runs with the worker's `threads`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,16 +59,36 @@ class TrialJob:
     profile_iters: int = 50
     subset: int = 200
     threads: int = 0
+    metric: Callable | None = None  # the user's metric(outputs, labels); must pickle (a module-level function)
     where: str = field(default_factory=lambda: "local")
 
 
 def accuracy_of(evaluation) -> tuple[float | None, float, dict[str, Any] | None]:
-    """(drop in points, fidelity, labeled accuracy) of an EvaluationResult; without labels the drop is
-    the share of samples whose top-1 changed, an upper bound on the accuracy lost (as `gate` does)."""
+    """(drop, fidelity, labeled accuracy) of an EvaluationResult.
+
+    With a user metric the drop is its original value minus its optimized value (the metric's
+    own units, higher is better: its first value when it returns a dict); with labels the top-1
+    drop in points; otherwise the share of samples whose top-1 changed, an upper bound on the
+    accuracy lost (as `gate` does).
+    """
+    if evaluation.metric is not None:
+        first = next(iter(evaluation.metric["values"].values()))
+        return float(first["original"] - first["optimized"]), float(evaluation.fidelity), evaluation.accuracy
     if evaluation.accuracy is not None:
         return float(evaluation.accuracy["drop_top1_pts"]), float(evaluation.fidelity), evaluation.accuracy
     agreement = evaluation.top1_agreement
     return (None if agreement is None else (1.0 - agreement) * 100.0), float(evaluation.fidelity), None
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """ONNX Runtime sessions and BLAS on one thread meanwhile (see the module docstring)."""
+    from threadpoolctl import threadpool_limits
+
+    from onnxopt.runtime import default_threads
+
+    with default_threads(1), threadpool_limits(1):
+        yield
 
 
 def clearly_over_budget(evaluation, budget: Budget) -> str | None:
@@ -72,7 +99,7 @@ def clearly_over_budget(evaluation, budget: Budget) -> str | None:
     two standard errors below the measured drop is over the budget.
     """
     drop, fidelity, _ = accuracy_of(evaluation)
-    if budget.max_drop is not None and drop is not None:
+    if budget.max_drop is not None and drop is not None and evaluation.metric is None:  # a user metric has no known noise
         agreement = evaluation.top1_agreement if evaluation.top1_agreement is not None else 0.0
         stderr = math.sqrt(max(1.0 - agreement, 1.0 / evaluation.samples) / evaluation.samples) * 100.0
         if drop - 2 * stderr > budget.max_drop:
@@ -100,13 +127,15 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     outcome: dict[str, Any] = {"number": job.number, "host": socket.gethostname(), "worker": f"{job.where} pid {os.getpid()}"}
 
     original = load_model(files["model"])
-    compiled = run_compile(
-        original, target=recipe.target, calibration=files["calib"], extra_passes=recipe.extra_passes(),
-        overrides=recipe.overrides, profile=False, save=False, seed=job.seed,
-    )
+    with one_thread():
+        compiled = run_compile(
+            original, target=recipe.target, calibration=files["calib"], extra_passes=recipe.extra_passes(),
+            overrides=recipe.overrides, profile=False, save=False, seed=job.seed,
+        )
     candidate = compiled.model
     size_mb = compiled.report.after["size_bytes"] / 1e6
-    outcome.update(size_mb=size_mb, macs=compiled.report.after.get("macs"), macs_before=compiled.report.before.get("macs"))
+    outcome.update(size_mb=size_mb, macs=compiled.report.after.get("macs"), macs_before=compiled.report.before.get("macs"),
+                   compile_s=round(time.perf_counter() - started, 2))
 
     def finish(state: str, **extra) -> dict[str, Any]:
         outcome.update(state=state, seconds=time.perf_counter() - started, **extra)
@@ -114,15 +143,17 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
 
     if job.budget.max_size_mb is not None and size_mb > job.budget.max_size_mb:
         return finish(PRUNED, reason=f"size {size_mb:.2f} MB is over --max-size-mb {job.budget.max_size_mb:g}")
-    if job.subset and len(open_calibration(files["data"], original)) > 2 * job.subset:
-        quick = evaluate(original, candidate, files["data"], _head(labels, job.subset), limit=job.subset)
-        why = clearly_over_budget(quick, job.budget)
-        if why:
-            drop, fidelity, _ = accuracy_of(quick)
-            return finish(PRUNED, reason=why, drop_pts=drop, fidelity=fidelity, samples=quick.samples)
-
-    evaluation = evaluate(original, candidate, files["data"], labels)
+    with one_thread():
+        if job.subset and job.metric is None and len(open_calibration(files["data"], original)) > 2 * job.subset:
+            quick = evaluate(original, candidate, files["data"], _head(labels, job.subset), limit=job.subset)
+            why = clearly_over_budget(quick, job.budget)
+            if why:
+                drop, fidelity, _ = accuracy_of(quick)
+                return finish(PRUNED, reason=why, drop_pts=drop, fidelity=fidelity, samples=quick.samples)
+        evaluation = evaluate(original, candidate, files["data"], labels, metric=job.metric)
     drop, fidelity, accuracy = accuracy_of(evaluation)
+    if evaluation.metric is not None:
+        outcome["metric"] = evaluation.metric
     feeds = next(iter(open_calibration(files["data"], original, limit=1)))
     backend = get_backend("ort", threads=job.threads)
     comparison = backend.compare(original, candidate, feeds, warmup=max(job.profile_iters // 10, 2), iters=job.profile_iters)

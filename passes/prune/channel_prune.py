@@ -35,6 +35,7 @@ from onnxopt.passes.prune.selection import obs_ranking
 from onnxopt.passes.reconstruct import (
     LayerTarget,
     channel_energy,
+    depthwise,
     input_grams,
     refit_layers,
     refittable,
@@ -67,6 +68,10 @@ class ChannelPruneConfig:
     probe_samples: int = option(32, "calibration samples on which the global allocation measures each group's output error")
     scale_refit: bool = option(True, "where calibration rows are few, let held-out rows choose between a full refit and rescaling the kept inputs (least-squares mask tuning)")
     propagate: bool = option(True, "a refit layer that feeds a residual Add also repairs the error earlier layers left in that stream")
+    probe_compensation: Literal["scale", "full", "conv"] = option("conv", "how the global allocation compensates a probed unit's consumers: scale = rescale the kept inputs, full = least-squares refit over them (as reconstruction does), conv = full for Conv consumers (every output position is a row), scale for the others")
+    contiguous_folds: bool = option(False, "held-out refit choices split the calibration samples into halves (not alternately), so consecutive samples of one source stay in one fold")
+    protect_classifier: bool = option(False, "with one uniform ratio, leave whole the channels read by a layer that writes a graph output (a classifier's input); the global allocation prices them like any group")
+    refit_downstream: Literal["none", "conv", "all"] = option("none", "also refit the layers after the first pruned one that read no pruned channel (conv: Conv layers only), so they absorb the error pruning left in their inputs; each keeps its weights unless held-out calibration rows favour the refit")
     search_rounds: int = option(0, "rounds of the global allocation: each re-measures the cost curves on the model as pruned so far and spends its share of the budget (0 = auto: 4 with attention blocks, where joint damage outgrows the per-unit costs; 1 otherwise)")
 
 
@@ -99,6 +104,11 @@ def _touches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for name in names for p in patterns)
 
 
+def _feeds_output(group: ChannelGroup, outputs: set[str]) -> bool:
+    """Whether a layer reading the group writes a graph output (a classifier reading every channel)."""
+    return any(t.name in outputs for node in group.consumers for t in node.outputs)
+
+
 def _describe(group: ChannelGroup) -> dict:
     return {"group": group.gid, "producers": [p.name for p in group.producers][:8], "channels": group.n_classes}
 
@@ -121,10 +131,12 @@ class ChannelPrune(StructuralPass):
 
         candidates = []
         skipped = []
+        outputs = {t.name for t in graph.outputs}
+        uniform = not self._global(calibration)
         for group in analysis.groups:
             if not group.prunable:
                 continue
-            if cfg.skip and _touches(group, cfg.skip):
+            if (cfg.skip and _touches(group, cfg.skip)) or (uniform and cfg.protect_classifier and _feeds_output(group, outputs)):
                 skipped.append(group)
             else:
                 candidates.append(group)
@@ -137,7 +149,7 @@ class ChannelPrune(StructuralPass):
             search = global_search(
                 graph, analysis, candidates, head_groups, samples, node_macs_at, before["macs"], cfg.flops_target,
                 round_to=cfg.round_to, min_channels=cfg.min_channels, rows_per_sample=cfg.rows_per_sample,
-                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed,
+                probe_samples=cfg.probe_samples, gram_memory_mb=cfg.gram_memory_mb, seed=ctx.seed, compensation=cfg.probe_compensation,
                 rounds=cfg.search_rounds or (AUTO_ROUNDS_ATTENTION if head_groups else 1),
             )
             masks, kept_heads, ratio = search.masks, search.heads, 0.0
@@ -280,9 +292,32 @@ class ChannelPrune(StructuralPass):
             out = node.outputs[0].name
             reference = self.reference_for(out, ctx, reference_before)
             targets.append(LayerTarget(node, reference, out, None, None, reference_before, self._correction(node, reference, ctx)))
-        targets.sort(key=lambda t: order[id(t.node)])
         cfg = self.config
-        return refit_layers(graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed, scale_refit=cfg.scale_refit)
+        if cfg.refit_downstream != "none" and targets:
+            touched = [order[id(analysis.dims[key].node)] for key in kept if analysis.dims[key].node is not None and id(analysis.dims[key].node) in order]
+            targets += self._downstream(graph, analysis, kept, reference_before, ctx, seen, min(touched, default=len(order)))
+        targets.sort(key=lambda t: order[id(t.node)])
+        return refit_layers(
+            graph, targets, calibration, rows_per_sample=cfg.rows_per_sample, ridge=cfg.ridge, seed=ctx.seed,
+            scale_refit=cfg.scale_refit, keep_if_better=cfg.refit_downstream != "none", contiguous_folds=cfg.contiguous_folds,
+        )
+
+    def _downstream(self, graph, analysis, kept, reference_before, ctx, seen, first: int) -> list[LayerTarget]:
+        """Refit targets for every other layer from the first pruned one on (depthwise convs per
+        channel): their inputs carry the error pruning left upstream, their outputs can still
+        match the teacher."""
+        targets = []
+        for node in graph.nodes[first:]:
+            if id(node) in seen or (refittable(node) is not None and not depthwise(node)) or (self.config.refit_downstream == "conv" and node.op != "Conv"):
+                continue
+            out = node.outputs[0].name
+            reference = self.reference_for(out, ctx, reference_before)
+            if reference is None:
+                continue
+            seen.add(id(node))
+            original = analysis.dims[out].length if out in analysis.dims else None
+            targets.append(LayerTarget(node, reference, out, kept.get(out), original, reference_before, self._correction(node, reference, ctx)))
+        return targets
 
     def _correction(self, node, reference, ctx) -> str | None:
         """The residual stream the layer writes into, when the reference model has that tensor too."""

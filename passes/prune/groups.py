@@ -650,6 +650,8 @@ class _Builder:
         if inner is None:
             return self.block_node(node, "mixes channels with other axes")
         out_axis = dim.axis
+        if not _is_int(out_shape[out_axis]):  # a flatten left symbolic: its size is now known
+            node.outputs[0].shape = [*out_shape[:out_axis], dim.length * inner]
         target = constant_input_value(node.inputs[1])
         if target is None and not self._shape_independent_of(node.inputs[1], {dim.length, out_shape[out_axis]}):
             return self.block_node(node, "target shape is computed from values that pruning changes")
@@ -736,9 +738,13 @@ def _channel_block(in_shape: list, out_shape: list, axis: int) -> int | None:
     """For a Reshape keeping the dims before the channel axis: how many elements each channel
     becomes on the same output axis (1 when the channel axis survives, H*W when flattened), or
     None when channels mix with other axes."""
-    if len(out_shape) <= axis or not _is_int(out_shape[axis]):
+    if len(out_shape) <= axis or any(a != b for a, b in zip(in_shape[:axis], out_shape[:axis])):
         return None
-    if any(a != b for a, b in zip(in_shape[:axis], out_shape[:axis])):
+    if not _is_int(out_shape[axis]):
+        # a flatten whose size shape inference left symbolic (x.view(batch, -1) before a classifier):
+        # with the same leading dims and nothing after, the channel axis absorbs every later axis
+        if len(out_shape) == axis + 1 and all(_is_int(d) for d in in_shape[axis + 1 :]):
+            return int(np.prod([int(d) for d in in_shape[axis + 1 :]], dtype=np.int64))
         return None
     inner = 1
     for d in [1, *in_shape[axis + 1 :]]:

@@ -53,6 +53,21 @@ class Consumer:
         return from_matrix(self.node, w, np.asarray(constant_input_value(self.node.inputs[self.index])).shape)
 
 
+def compensated_weight(consumer: Consumer, keep_class: np.ndarray, gram: np.ndarray | None, ridge: float = 1e-3) -> np.ndarray:
+    """The consumer's weight refit by least squares over the kept inputs (w_K = G_KK^-1 G_K: w, the
+    OBS update, with a ridge relative to the mean input energy): what a full reconstruction does,
+    where `weight_for` only rescales. Consumers without a Gram or compensation fall back to it."""
+    if gram is None or not consumer.compensate or type(consumer) is not Consumer:
+        return consumer.weight_for(keep_class, gram, ridge)
+    keep = keep_class[consumer.feature_class]
+    w = np.zeros_like(consumer.matrix)
+    if keep.any():
+        normal = gram[np.ix_(keep, keep)].copy()
+        normal[np.diag_indices_from(normal)] += ridge * (float(np.trace(normal)) / max(len(normal), 1) or 1.0)
+        w[keep] = np.linalg.solve(normal, gram[keep] @ consumer.matrix)
+    return from_matrix(consumer.node, w, np.asarray(constant_input_value(consumer.node.inputs[consumer.index])).shape)
+
+
 def to_matrix(node: gs.Node, weight: np.ndarray) -> np.ndarray:
     """A Conv, Gemm or MatMul weight as (input features, outputs), the layout of the Gram matrices."""
     if node.op == "Conv":
@@ -141,8 +156,9 @@ class Prober:
     """One session of the graph in which every consumer's weight is a graph input, so a run can
     price any combination of unit sizes: relative output error against the reference outputs."""
 
-    def __init__(self, graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]], token_mask: str | None = None):
+    def __init__(self, graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]], token_mask: str | None = None, compensation: str = "scale"):
         self.grams = grams
+        self.compensation = compensation
         fresh = FreshNames(graph)
         saved_inputs = list(graph.inputs)
         self.names: dict[tuple[int, int], str] = {}
@@ -177,7 +193,16 @@ class Prober:
     def weights(self, unit: Unit, level: int) -> dict[str, np.ndarray]:
         """The probe inputs that shrink `unit` to `level` kept classes (compensated consumers)."""
         keep = unit.keep_mask(level)
-        return {self.names[id(c.node), c.index]: c.weight_for(keep, self.grams.get(id(c.node))) for c in unit.consumers}
+        return {self.names[id(c.node), c.index]: self._compensated(c, keep) for c in unit.consumers}
+
+    def _compensated(self, consumer: Consumer, keep: np.ndarray) -> np.ndarray:
+        """"scale" rescales the kept inputs; "full" refits the consumer by least squares
+        (compensated_weight); "conv" refits Conv consumers (every output position is a row) and
+        rescales the others."""
+        gram = self.grams.get(id(consumer.node))
+        if self.compensation == "full" or (self.compensation == "conv" and consumer.node.op == "Conv"):
+            return compensated_weight(consumer, keep, gram)
+        return consumer.weight_for(keep, gram)
 
     def error(self, weights: dict[str, np.ndarray]) -> float:
         outs = _run_all(self.session, self.batches, {**self.defaults, **weights})
@@ -192,9 +217,11 @@ def _squared(x: np.ndarray, row_weights: np.ndarray | None) -> float:
     return float(np.sum(np.square(x, dtype=np.float64)))
 
 
-def output_costs(graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]]) -> None:
+def output_costs(
+    graph: gs.Graph, units: list[Unit], grams: dict[int, np.ndarray], samples: list[dict], reference: list[list[np.ndarray]], compensation: str = "scale"
+) -> None:
     """Fill each unit's cost curve: relative output error at every level, every other unit whole."""
-    prober = Prober(graph, units, grams, samples, reference)
+    prober = Prober(graph, units, grams, samples, reference, compensation=compensation)
     for unit in units:
         for level in unit.levels:
             unit.cost[level] = 0.0 if level == unit.size else prober.error(prober.weights(unit, level))

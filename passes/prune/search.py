@@ -84,6 +84,7 @@ def global_search(
     probe_samples: int = 32,
     gram_memory_mb: int = 1024,
     seed: int = 0,
+    compensation: str = "scale",
     rounds: int = 1,
 ) -> SearchResult:
     """Masks for channel groups and kept heads meeting `keep_fraction` of the MACs at least output cost.
@@ -113,7 +114,7 @@ def global_search(
     probe = probe[:probe_samples]
     reference_session = make_session(export_model(graph), opt_level="basic")
     reference = [reference_session.run(None, feeds) for feeds in probe]
-    prober = Prober(graph, units, grams, probe, reference, token_mask_input(graph, head_groups))
+    prober = Prober(graph, units, grams, probe, reference, token_mask_input(graph, head_groups), compensation)
 
     counted = sum(node_macs.get(id(m.node), 0) for m in analysis.mac_nodes)
     other = total_macs - counted

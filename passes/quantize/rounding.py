@@ -10,6 +10,7 @@ needs only calibration inputs, no training; scales stay the per-channel ones cho
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import lapack
 
 
 def matrix_view(weight: np.ndarray, op: str, groups: int, transposed: bool) -> np.ndarray:
@@ -28,10 +29,13 @@ def from_matrix_view(matrix: np.ndarray, shape: tuple[int, ...], op: str, transp
     return w2.T if transposed else w2
 
 
-def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: int = 127, damp: float = 0.01, block: int = 128) -> np.ndarray:
+def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: int = 127, damp: float = 0.01, block: int = 32) -> np.ndarray:
     """Integer weights (groups, out, K) minimizing ||X (W - s q)||^2 column by column.
 
     `weight` is (groups, out, K), `scales` (groups, out), `hessian` (groups, K, K) = sum X^T X.
+    Columns are rounded in blocks of `block` with one matrix product per block for the rest (the
+    lazy batch update: same integers for any block; 32 measured fastest on MiniLM's 384 and
+    1536 columns, 2x faster than 128).
     """
     w = weight.astype(np.float64).copy()
     h = hessian.astype(np.float64).copy()
@@ -46,7 +50,7 @@ def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: i
     mean_diag = np.einsum("gkk->gk", h).mean(axis=1)
     h += (damp * mean_diag)[:, None, None] * np.eye(k)[None]
     try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper factor
+        hinv = np.stack([_inverse_upper_factor(hg) for hg in h])
     except np.linalg.LinAlgError:
         return np.clip(np.round(w / s), -qmax, qmax)
     q = np.zeros_like(w)
@@ -66,3 +70,16 @@ def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: i
         if i2 < k:
             w[:, :, i2:] -= np.matmul(err1, hinv[:, i1:i2, i2:])
     return q
+
+
+def _inverse_upper_factor(h: np.ndarray) -> np.ndarray:
+    """The upper triangular U with H^-1 = U^T U, without forming H^-1.
+
+    With J the order reversal and J H J = L L^T, U = J L^-1 J: one Cholesky and one triangular
+    inverse, about a third of the work of inverting H and factoring the inverse.
+    """
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    inverse, info = lapack.dtrtri(lower, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("singular Cholesky factor")
+    return inverse[::-1, ::-1]

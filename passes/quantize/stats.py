@@ -5,7 +5,8 @@ one for bias correction, one for the reference outputs. Here a single ORT sessio
 tensor needed (the activations to calibrate, the inputs of the weighted layers, the graph
 outputs) and each sample updates, then drops, all of them: histograms, each layer's input Gram
 matrix (fitted and held-out halves, for GPTQ and its validation), and the reference outputs the
-fidelity budget compares against. Gram matrices that
+fidelity budget compares against, and each weighted layer's mean input row (bias correction
+reads it, instead of another pass with the quantized model). Gram matrices that
 would not fit the memory budget together are collected in further passes, a chunk at a time, so
 a large model costs more passes over the data, never more memory.
 """
@@ -21,7 +22,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.passes.quantize.collect import progress_bar
 from onnxopt.passes.quantize.histogram import StreamingHistogram
-from onnxopt.passes.reconstruct import gram, layer_input_rows, with_outputs
+from onnxopt.passes.reconstruct import layer_input_rows, with_outputs
 from onnxopt.runtime import make_session
 
 Feeds = dict[str, np.ndarray]
@@ -29,11 +30,17 @@ Feeds = dict[str, np.ndarray]
 
 @dataclass
 class LayerInputs:
-    """A weighted layer's input Gram matrices (groups, K, K): the fitted and held-out halves of the samples."""
+    """A weighted layer's input Gram matrices (groups, K, K): the fitted and held-out halves of the
+    samples; and the sum of its input rows (groups, K), for the mean."""
 
     fit: np.ndarray | None = None
     held_out: np.ndarray | None = None
     rows: int = 0
+    total: np.ndarray | None = None
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        return None if self.total is None or not self.rows else self.total / self.rows
 
 
 @dataclass
@@ -46,12 +53,13 @@ class CalibrationStats:
 
 
 def _gram_bytes(node: gs.Node) -> int:
+    """Bytes of one float32 Gram matrix of the layer's inputs (K = the weight's input columns)."""
     shape = node.inputs[1].shape
     if node.op == "Conv":
         k = int(np.prod(shape[1:]))
-        return int(node.attrs.get("group", 1)) * k * k * 8
-    k = max(int(s) for s in shape[:2])
-    return k * k * 8
+        return int(node.attrs.get("group", 1)) * k * k * 4
+    k = int(shape[1] if node.op == "Gemm" and node.attrs.get("transB", 0) else shape[0])
+    return k * k * 4
 
 
 def _chunks(nodes: dict[str, gs.Node], gram_layers: set[str], budget: int) -> list[list[str]]:
@@ -112,12 +120,51 @@ def collect_statistics(
     return stats
 
 
+ROWS_PER_COLUMN = 32  # rows sampled per sample and input column: plenty for a K x K Gram matrix over many samples
+MIN_ROWS = 256
+
+
 def _update_layer(acc: LayerInputs, node: gs.Node, x: np.ndarray, with_gram: bool, fit_half: bool, max_rows: int, rng) -> None:
-    rows = layer_input_rows(x, node.op, node.attrs, tuple(node.inputs[1].shape), max_rows=max_rows, rng=rng)
+    shape = tuple(node.inputs[1].shape)
+    columns = int(np.prod(shape[1:])) if node.op == "Conv" else max(int(s) for s in shape[:2])
+    # A depthwise conv's Gram matrices are 9 x 9: thousands of rows per sample only cost time (most of the Gram time on EfficientNet-Lite0)
+    rows = _input_rows(x, node, min(max_rows, max(MIN_ROWS, ROWS_PER_COLUMN * columns)), rng)
     acc.rows += rows.shape[0]
+    total = rows.sum(axis=0, dtype=np.float64)
+    acc.total = total if acc.total is None else acc.total + total
     if with_gram:
-        h = gram(rows)
+        # stored in float32: half the memory of the largest statistics (GPTQ solves in float64). `gram`'s float32
+        # product is taken as it is (its float64 copy converted back gave the same numbers, at two copies per sample)
+        r = np.ascontiguousarray(rows.transpose(1, 0, 2), dtype=np.float32)
+        h = np.matmul(r.transpose(0, 2, 1), r)
         if fit_half:
-            acc.fit = h if acc.fit is None else acc.fit + h
+            acc.fit = h if acc.fit is None else np.add(acc.fit, h, out=acc.fit)
         else:
-            acc.held_out = h if acc.held_out is None else acc.held_out + h
+            acc.held_out = h if acc.held_out is None else np.add(acc.held_out, h, out=acc.held_out)
+
+
+def _input_rows(x: np.ndarray, node: gs.Node, max_rows: int, rng) -> np.ndarray:
+    """`layer_input_rows` with `max_rows`, the same rows, but a Conv's patches are gathered only at
+    the sampled output positions instead of unfolding the whole feature map first (profiling: the
+    full im2col and its copies were most of the calibration time on EfficientNet-Lite0)."""
+    shape = tuple(node.inputs[1].shape)
+    if node.op != "Conv" or x.ndim != 4 or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return layer_input_rows(x, node.op, node.attrs, shape, max_rows=max_rows, rng=rng)
+    (sh, sw), (dh, dw) = tuple(node.attrs.get("strides", (1, 1))), tuple(node.attrs.get("dilations", (1, 1)))
+    top, left, bottom, right = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
+    n, c, h, w = x.shape
+    kh, kw = shape[2], shape[3]
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    positions = n * oh * ow
+    if positions <= max_rows:
+        return layer_input_rows(x, node.op, node.attrs, shape, max_rows=max_rows, rng=rng)
+    index = np.sort(rng.choice(positions, size=max_rows, replace=False))  # the draw layer_input_rows makes
+    b, rest = np.divmod(index, oh * ow)
+    row, col = np.divmod(rest, ow)
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ys = (row * sh)[:, None] + dh * np.arange(kh)[None, :]  # (rows, kh)
+    xs = (col * sw)[:, None] + dw * np.arange(kw)[None, :]  # (rows, kw)
+    patches = padded.transpose(0, 2, 3, 1)[b[:, None, None], ys[:, :, None], xs[:, None, :]]  # (rows, kh, kw, C)
+    groups = int(node.attrs.get("group", 1))
+    return np.ascontiguousarray(patches.transpose(0, 3, 1, 2)).reshape(max_rows, groups, -1)

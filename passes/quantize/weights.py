@@ -4,15 +4,12 @@ Round to nearest is the baseline. With `gptq`, each layer's input Gram matrix on
 data (collected by stats.py in the one statistics pass, fitted and held-out halves) drives the
 GPTQ rounding, kept only where it beats round-to-nearest on the held-out half (then refitted on
 all samples). Bias correction then shifts each layer's float bias by the mean error its rounded
-weights make on the layer's real inputs in the quantized model.
+weights make on the layer's real (float) inputs, from the same statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.graphs import const_value
@@ -21,8 +18,6 @@ from onnxopt.passes.quantize.placement import WeightSpec
 from onnxopt.passes.quantize.qdq import QuantWeight
 from onnxopt.passes.quantize.rounding import from_matrix_view, gptq, matrix_view
 from onnxopt.passes.quantize.stats import CalibrationStats
-from onnxopt.passes.reconstruct import layer_input_rows, with_outputs
-from onnxopt.runtime import make_session
 
 
 def round_to_nearest(node: gs.Node, spec: WeightSpec, method: str, qmax: int = 127) -> QuantWeight:
@@ -106,39 +101,24 @@ def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps, qmax=127) -> 
 
 
 def bias_corrections(
-    student: onnx.ModelProto, graph: gs.Graph, specs: dict[str, WeightSpec], weights: dict[str, QuantWeight], data: Iterable[dict]
+    graph: gs.Graph, specs: dict[str, WeightSpec], weights: dict[str, QuantWeight], stats: CalibrationStats
 ) -> dict[str, np.ndarray]:
     """Per node, the bias shift E[(W - W_hat) x] that removes the mean error its int8 weights add.
 
-    x is the layer's input in the quantized model itself, so each shift is the layer's own error
-    only: shifts measured against the float model's outputs would also carry every upstream
-    layer's error, and correcting all layers at once would count that error many times over.
+    x is the layer's float input, whose mean row the statistics pass already holds: no run with
+    the quantized model. Each shift is the layer's own error only (shifts measured against the
+    float model's outputs would also carry every upstream layer's error, counted many times
+    over when all layers are corrected at once).
     """
     nodes = {n.name: n for n in graph.nodes}
-    student_inputs = _node_inputs(student, specs)
-    names = list(dict.fromkeys(student_inputs.values()))
-    session = make_session(with_outputs(student, names), opt_level="disable")
-    sums: dict[str, np.ndarray] = {}
-    rows_seen: dict[str, int] = {}
-    for feeds in data:
-        values = dict(zip(names, session.run(names, feeds)))
-        for name, tensor in student_inputs.items():
-            node = nodes[name]
-            rows = layer_input_rows(values[tensor], node.op, node.attrs, tuple(node.inputs[1].shape)).astype(np.float64)
-            sums[name] = sums.get(name, 0.0) + rows.sum(axis=0)
-            rows_seen[name] = rows_seen.get(name, 0) + rows.shape[0]
     shifts = {}
     for name, spec in specs.items():
-        if name not in sums:
+        layer = stats.layers.get(name)
+        if layer is None or layer.mean is None:
             continue
         node = nodes[name]
         weight = const_value(node.inputs[spec.input_index]).astype(np.float64)
         groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
         error = matrix_view(weight - weights[name].dequantized(), node.op, groups, spec.transpose)
-        mean = sums[name] / rows_seen[name]  # (groups, K)
-        shifts[name] = np.matmul(error, mean[:, :, None])[..., 0].reshape(-1).astype(np.float32)
+        shifts[name] = np.matmul(error, layer.mean[:, :, None])[..., 0].reshape(-1).astype(np.float32)
     return shifts
-
-
-def _node_inputs(model: onnx.ModelProto, specs: dict[str, WeightSpec]) -> dict[str, str]:
-    return {n.name: n.input[0] for n in model.graph.node if n.name in specs}

@@ -45,3 +45,62 @@ def test_bias_correction_removes_a_channel_shift():
     shift = bias_correction(teacher, student)
     np.testing.assert_allclose(shift, [1.0, -2.0, 0.5], atol=1e-6)
     assert relative_error(teacher, student + shift.reshape(1, 3, 1, 1)) < 1e-6
+
+
+def depthwise_model(w, b):
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=w.shape[0], pads=[1, 1, 1, 1], strides=[2, 2])
+    return make_model([node], [tensor("x", [1, w.shape[0], 9, 9])], [tensor("y", [1, w.shape[0], 5, 5])], [init("w", w), init("b", b)])
+
+
+def test_a_depthwise_conv_is_refit_channel_by_channel():
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.passes.reconstruct import LayerTarget, depthwise, refit_layers
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    teacher = depthwise_model(w, b)
+    graph = gs.import_onnx(depthwise_model(w + 0.3 * rng.standard_normal(w.shape).astype(np.float32), np.zeros(6, np.float32)))
+    node = graph.nodes[0]
+    assert depthwise(node)
+    data = [{"x": rng.standard_normal((1, 6, 9, 9)).astype(np.float32)} for _ in range(8)]
+    (fit,) = refit_layers(graph, [LayerTarget(node, teacher, "y")], data)
+    assert fit["method"] == "depthwise" and fit["channels_refit"] == 6
+    assert fit["error_before"] > 0.3 and fit["error_after"] < 1e-3
+    np.testing.assert_allclose(node.inputs[1].values, w, atol=1e-3)  # 25 rows x 8 samples per channel: the true weights
+    np.testing.assert_allclose(node.inputs[2].values, b, atol=1e-3)
+
+
+def test_keep_if_better_leaves_a_layer_whose_refit_does_not_hold_on_held_out_samples():
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.passes.reconstruct import LayerTarget, refit_layers
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    v = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    pads = [1, 1, 1, 1]
+    # the teacher adds sin(100 * v*x) to the layer's output: noise no linear refit can predict,
+    # so a full refit only fits the calibration rows' noise, and keeping the layer holds better
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c0"], pads=pads),
+        helper.make_node("Conv", ["x", "v"], ["p"], pads=pads),
+        helper.make_node("Mul", ["p", "k"], ["pk"]),
+        helper.make_node("Sin", ["pk"], ["s"]),
+        helper.make_node("Add", ["c0", "s"], ["c"]),
+    ]
+    k = np.array(100.0, np.float32)
+    teacher = make_model(nodes, [tensor("x", [1, 3, 9, 9])], [tensor("c", [1, 4, 9, 9])], [init("w", w), init("b", b), init("v", v), init("k", k)])
+    student = make_model(nodes[:1], [tensor("x", [1, 3, 9, 9])], [tensor("c0", [1, 4, 9, 9])], [init("w", w), init("b", b)])
+    data = [{"x": rng.standard_normal((1, 3, 9, 9)).astype(np.float32)} for _ in range(4)]
+    fits = {}
+    for keep in (False, True):
+        graph = gs.import_onnx(student)
+        node = graph.nodes[0]
+        (fits[keep],) = refit_layers(graph, [LayerTarget(node, teacher, "c")], data, rows_per_sample=30, keep_if_better=keep)
+        fits[keep]["weights"] = np.asarray(node.inputs[1].values).copy()
+    assert fits[False]["method"] == "full" and fits[False]["error_after"] < fits[False]["error_before"]  # in-sample it looks better
+    assert fits[True]["method"] == "keep"
+    np.testing.assert_array_equal(fits[True]["weights"], w)

@@ -41,11 +41,35 @@ def test_float_target_draws_no_int8_knobs_and_no_pruning_at_one():
     assert recipe.extra_passes() == [] and recipe.overrides == []
 
 
-def test_default_params_are_each_targets_plain_recipe():
+def test_default_params_are_each_targets_plain_recipe_then_the_hand_picked_compositions():
     table = knobs(("ort-int8", "ort-fp32"))
     starts = default_params(("ort-int8", "ort-fp32"), table)
-    assert [s["target"] for s in starts] == ["ort-int8", "ort-fp32"]
-    assert recipe_for(starts[0], table).cli_args() == ["--target", "ort-int8"]
+    commands = [recipe_for(s, table).cli_args() for s in starts]
+    assert commands[:5] == [["--target", "ort-int8"], ["--target", "ort-fp32"], ["--target", "ort-int8", "--prune-flops", "0.3"],
+                            ["--target", "ort-int8", "--prune-flops", "0.5"], ["--target", "ort-fp32", "--prune-flops", "0.3"]]
+    assert ["--target", "ort-int8", "--prune-flops", "0.3", "--set", "channel-prune.allocation=uniform"] in commands
+    # every seed is a complete point of the space: the sampler draws nothing for it
+    for start in starts:
+        assert set(start) == set(suggest(optuna.trial.FixedTrial(start), table))
+    # a float-only search gets no int8 seeds
+    assert {s["target"] for s in default_params(("ort-fp32",), knobs(("ort-fp32",)))} == {"ort-fp32"}
+
+
+def test_pruning_options_are_drawn_only_with_pruning_and_written_as_toml():
+    table = knobs(("ort-fp32",))
+    unpruned = suggest(optuna.trial.FixedTrial({"target": "ort-fp32", "prune_flops": 1.0, "depthwise": False}), table)
+    assert not any(name.startswith("prune_") and name != "prune_flops" for name in unpruned)
+    params = {"target": "ort-fp32", "prune_flops": 0.4, "prune_allocation": "auto", "prune_probe_samples": 16,
+              "prune_scale_refit": False, "prune_propagate": True, "prune_compensation": "scale", "prune_search_rounds": 2, "depthwise": False}
+    assert recipe_for(params, table).overrides == ["channel-prune.probe_samples=16", "channel-prune.scale_refit=false",
+                                                   "channel-prune.probe_compensation=scale", "channel-prune.search_rounds=2"]
+    from onnxopt.recipes import apply_overrides
+
+    recipe = apply_overrides(insert_structural_passes(load_target("ort-fp32"), recipe_for(params, table).extra_passes()),
+                             recipe_for(params, table).overrides)
+    prune = next(p for p in recipe["passes"] if p["name"] == "channel-prune")
+    assert prune["scale_refit"] is False and prune["probe_samples"] == 16
+    assert prune["probe_compensation"] == "scale" and prune["search_rounds"] == 2
 
 
 def test_a_new_knob_is_one_more_row():

@@ -37,3 +37,17 @@ def test_violations_are_positive_only_when_a_constraint_breaks():
     budget = Budget(max_drop=1.0, max_size_mb=2.0)
     assert budget.violations(0.5, 0.99, 1.0) == {"max_drop": -0.5, "max_size_mb": -1.0}
     assert budget.violations(1.5, 0.99, 3.0)["max_size_mb"] == 1.0
+
+
+def test_trial_compiles_run_on_one_thread_and_the_default_comes_back():
+    from pathlib import Path
+
+    from onnxopt.ir import load_model
+    from onnxopt.runtime import make_session
+    from onnxopt.tune.trial import one_thread
+
+    model = load_model(Path(__file__).resolve().parents[2] / "models" / "example" / "fashion_cnn.onnx")
+    with one_thread():
+        assert make_session(model).get_session_options().intra_op_num_threads == 1
+        assert make_session(model, threads=2).get_session_options().intra_op_num_threads == 2  # explicit counts win
+    assert make_session(model).get_session_options().intra_op_num_threads == 0

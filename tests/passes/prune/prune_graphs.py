@@ -153,3 +153,35 @@ def flatten_gemm_cnn(seed: int = 0, dead_channels: slice | None = None) -> onnx.
         w[:, dead_channels] = 0.0
     fc = n.op("Gemm", [y, n.const("fc.w", w.reshape(5, 256)), n.const("fc.b", np.zeros(5, np.float32))], "fc", transB=1)
     return n.model(fc, in_shape=(1, 3, 4, 4))
+
+
+def view_flatten_cnn(seed: int = 0) -> onnx.ModelProto:
+    """conv, GAP, then `x.view(batch, -1)` as PyTorch exports it (Reshape to Concat(Shape(x)[0], -1)),
+    Gemm; the batch is symbolic, so shape inference leaves the flattened size unknown. Channels
+    8..15 of the conv feed nothing (their Gemm columns are zero)."""
+    n = Net(seed)
+    y = n.conv_bn_relu("x", 3, 16, name="a")
+    pooled = n.op("GlobalAveragePool", [y], "gap")
+    batch = n.op("Gather", [n.op("Shape", ["x"], "shape"), n.const("zero", np.array(0, np.int64))], "batch", axis=0)
+    target = n.op("Concat", [n.op("Unsqueeze", [batch, n.const("axes", np.array([0], np.int64))], "batch1"), n.const("rest", np.array([-1], np.int64))], "target", axis=0)
+    flat = n.op("Reshape", [pooled, target], "view")
+    w = (n.rng.standard_normal((5, 16)) / 4).astype(np.float32)
+    w[:, 8:] = 0.0
+    fc = n.op("Gemm", [flat, n.const("fc.w", w), n.const("fc.b", np.zeros(5, np.float32))], "fc", transB=1)
+    return n.model(fc, in_shape=("N", 3, 8, 8), out_shape=("N", 5))
+
+
+def duplicate_channel_cnn(seed: int = 3) -> onnx.ModelProto:
+    """1x1 conv a (8 channels, relu), 1x1 conv b, head; channel 5 of a duplicates channel 2, so
+    whatever channel 5 feeds, channel 2 can carry once b's weights compensate."""
+    n = Net(seed)
+    y = n.op("Relu", [n.conv("x", 3, 8, k=1, name="a")], "a.relu")
+    y = n.conv(y, 8, 8, k=1, name="b")
+    model = n.model(n.head(y, 8))
+    weights = {i.name: i for i in model.graph.initializer}
+    w = numpy_helper.to_array(weights["a.w1"]).copy()
+    b = numpy_helper.to_array(weights["a.b2"]).copy()
+    w[5], b[5] = w[2], b[2]
+    weights["a.w1"].CopyFrom(numpy_helper.from_array(w, "a.w1"))
+    weights["a.b2"].CopyFrom(numpy_helper.from_array(b, "a.b2"))
+    return model

@@ -72,6 +72,26 @@ def test_scale_solve_recovers_the_scales_that_generated_the_output():
     np.testing.assert_allclose(found, scales, rtol=1e-5)
 
 
+def test_full_compensation_makes_a_duplicate_channel_free_where_rescaling_cannot():
+    from tests.passes.prune import prune_graphs as nets
+
+    model = nets.duplicate_channel_cnn()  # channel 5 of a duplicates channel 2: b can read it from channel 2
+    graph = import_graph(model)
+    get_pass("shape-inference")(symbolic=False).run(graph, PassContext())
+    samples = nets.samples(model, 12)
+    reference = [list(run_model(model, f).values()) for f in samples]
+    group = next(g for g in analyse(graph).groups if g.prunable and g.producers[0].name == "a")
+    costs = {}
+    for compensation in ("scale", "full"):
+        unit = Unit("channels", "a", 8, group, channel_consumers(group))
+        unit.ranking = np.array([1, 1, 1, 1, 1, 0, 1, 1], float)  # channel 5 goes first
+        unit.levels = [8, 7]
+        grams = input_grams(model, [c.node for c in unit.consumers], samples, centered=False)
+        output_costs(graph, [unit], grams, samples, reference, compensation)
+        costs[compensation] = unit.cost[7]
+    assert costs["full"] < 1e-5 and costs["scale"] > 100 * costs["full"]  # the ridge leaves a trace
+
+
 def test_prober_prices_a_joint_plan_as_the_model_with_those_weights_computes_it():
     model = transformer_block()
     graph, samples, reference = setup(model)

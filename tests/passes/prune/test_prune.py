@@ -224,7 +224,9 @@ def test_activation_importance_without_calibration_is_refused():
         prune(nets.plain_cnn(), ratio=0.5, importance="activation")
 
 
-@pytest.mark.parametrize("options", [{"ratio": 0.3, "flops_target": 0.5}, {"ratio": 1.5}, {"flops_target": 0.0}, {"layer_ratios": {"a*": 2}}])
+@pytest.mark.parametrize(
+    "options", [{"ratio": 0.3, "flops_target": 0.5}, {"ratio": 1.5}, {"flops_target": 0.0}, {"layer_ratios": {"a*": 2}}]
+)
 def test_bad_budgets_are_config_errors(options):
     with pytest.raises(ConfigError):
         prune(nets.plain_cnn(), **options)
@@ -267,19 +269,50 @@ def test_reshape_to_features_maps_each_channel_to_its_block_of_gemm_columns():
 
 
 def test_obs_finds_a_redundant_channel_and_reconstruction_makes_its_removal_exact():
-    net = nets.Net(3)
-    y = net.op("Relu", [net.conv("x", 3, 8, k=1, name="a")], "a.relu")
-    y = net.conv(y, 8, 8, k=1, name="b")
-    model = net.model(net.head(y, 8))
-    weights = {i.name: i for i in model.graph.initializer}
-    w = onnx.numpy_helper.to_array(weights["a.w1"]).copy()
-    b = onnx.numpy_helper.to_array(weights["a.b2"]).copy()
-    w[5], b[5] = w[2], b[2]  # channel 5 duplicates channel 2: whatever it feeds, channel 2 can carry
-    weights["a.w1"].CopyFrom(onnx.numpy_helper.from_array(w, "a.w1"))
-    weights["a.b2"].CopyFrom(onnx.numpy_helper.from_array(b, "a.b2"))
+    model = nets.duplicate_channel_cnn()  # channel 5 of a duplicates channel 2
     calib = nets.samples(model, 6)
     pruned, _, ctx = prune(model, calib, ratio=0.0, layer_ratios={"a": 0.125}, importance="obs", round_to=1, min_channels=1)
     kept = ctx.artifacts["channel-prune"]["kept"]["a.relu.out"]
     assert len(kept) == 7 and (2 in kept) != (5 in kept)
     for feeds in calib:
         np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-3, atol=1e-4)
+
+
+def test_a_view_flatten_with_symbolic_size_leaves_the_classifier_input_prunable():
+    model = nets.view_flatten_cnn()
+    graph, analysis = groups_of(model)
+    reshape = next(n for n in graph.nodes if n.op == "Reshape")
+    group = group_with(analysis, "a.conv")
+    assert group.prunable and [c.name for c in group.consumers] == ["fc"]
+    assert reshape.outputs[0].shape[1] == 16  # the flattened size, now known
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    pruned, _, ctx = prune(model, calib, ratio=0.5, importance="obs", reconstruct=False)
+    assert ctx.artifacts["channel-prune"]["kept"]["a.relu.out"] == list(range(8))  # the channels fc ignores went
+    assert weight_shapes(pruned) == {"a.conv": (8, 3, 3, 3), "fc": (5, 8)}
+    for feeds in calib + [{"x": rng.standard_normal((5, 3, 8, 8)).astype(np.float32)}]:
+        np.testing.assert_allclose(run_model(pruned, feeds)["y"], run_model(model, feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_refit_downstream_also_refits_depthwise_and_later_layers_against_the_teacher():
+    model = nets.depthwise_cnn()
+    calib = nets.samples(model, 16)
+    _, _, ctx = prune(model, calib, ratio=0.25, skip=("stem.*",), refit_downstream="conv", min_channels=4, round_to=4)
+    fits = {f["layer"]: f for f in ctx.artifacts["report:channel-prune"]["reconstruction"]}
+    assert fits["dw.conv"]["method"] == "depthwise"  # the pruned block's depthwise conv, per channel
+    assert fits["project.conv"]["error_after"] < fits["project.conv"]["error_before"]
+    assert set(fits) == {"expand.conv", "dw.conv", "project.conv"}  # from the first pruned layer on; the Gemm is not a Conv
+    for fit in fits.values():
+        assert fit["error_after"] <= fit["error_before"]
+
+
+def test_protect_classifier_leaves_the_classifier_input_whole_under_a_uniform_ratio():
+    model = nets.view_flatten_cnn()
+    rng = np.random.default_rng(5)
+    calib = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    pruned, result, ctx = prune(model, calib, ratio=0.5, protect_classifier=True, reconstruct=False)
+    report = ctx.artifacts["report:channel-prune"]
+    assert not result.changed and weight_shapes(pruned) == weight_shapes(model)
+    assert [s["producers"] for s in report["skipped"]] == [["a.conv"]]
+
+

@@ -123,3 +123,13 @@ def test_weight_scales_per_output_channel():
     np.testing.assert_allclose(q * weight_scales(w, 0)[:, None], w, atol=2.0 / 127 / 2 + 1e-7)
     mse = weight_scales(np.concatenate([w, [[10.0, 0.01, 0.02]]]), 0, "mse")
     assert mse[2] <= 10.0 / 127  # the mse choice never widens the range
+
+
+def test_mse_weight_scales_are_the_grid_minimizers_of_the_rounding_error():
+    w = np.random.default_rng(3).standard_normal((24, 40)).astype(np.float32)
+    flat = w.astype(np.float64)
+    bound = np.abs(flat).max(axis=1)
+    alphas = np.linspace(0.5, 1.0, 64)
+    errors = np.stack([((np.clip(np.round(flat / (bound * a / 63)[:, None]), -63, 63) * (bound * a / 63)[:, None] - flat) ** 2).sum(axis=1) for a in alphas])
+    expected = (bound * alphas[np.argmin(errors, axis=0)] / 63).astype(np.float32)
+    np.testing.assert_array_equal(weight_scales(w, 0, "mse", 63), expected)

@@ -53,3 +53,28 @@ def test_int8_that_beats_float_stays_int8():
     assert not verdict.get("kept_float") and verdict["regions"] == [] and verdict["int8_vs_float_speedup"] > 1.0
     assert all(entry["decision"] == "int8" for entry in result.report.artifacts["quantize"]["latency_by_category"])
     assert calls  # the decision came from the paired measurement
+
+
+def test_a_settled_first_round_stops_and_a_close_one_is_pooled_to_all_pairs():
+    from onnxopt.passes.quantize.latency import settled_speedup
+    from onnxopt.profiling import LatencyComparison, LatencyStats
+
+    calls = []
+
+    def timings(ratio):
+        """A stand-in paired measurement with raw timings: the candidate `ratio` times faster, a little noise."""
+        def run(baseline, candidate, feeds, iters=30):
+            calls.append(iters)
+            base = tuple(0.010 * ratio * (1 + 0.01 * (i % 3)) for i in range(iters))
+            cand = (0.010,) * iters
+            r = np.asarray(base) / np.asarray(cand)
+            return LatencyComparison(LatencyStats.from_samples(base), LatencyStats.from_samples(cand), float(np.median(r)),
+                                     float(r.min()), float(r.max()), iters, base, cand)
+        return SimpleNamespace(options={"measure_speedup": run})
+
+    clear = settled_speedup(timings(0.5), None, None, {}, lambda c: c.ci_high < 1.0, iters=30)
+    assert calls == [10] and clear.pairs == 10 and clear.speedup < 1.0
+    calls.clear()
+    close = settled_speedup(timings(1.0), None, None, {}, lambda c: c.ci_high < 1.0, iters=30)
+    assert calls == [10, 20] and close.pairs == 30 and len(close.baseline_seconds) == 30
+    assert close.ci_low <= close.speedup <= close.ci_high and close.speedup >= 1.0

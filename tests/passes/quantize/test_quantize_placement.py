@@ -162,6 +162,23 @@ def test_keep_float_and_missing_calibration():
         onnxopt.compile(model, recipe=quant_recipe(), profile=False, verify="off")
 
 
+def test_a_float_layer_stays_float_when_ort_loads_the_model(tmp_path):
+    """ORT quantizes the float weights of a Conv that reads a per-tensor DQ (WeightBiasQuantization);
+    a layer the quantizer keeps float reads a per-channel DQ instead, so ORT runs it in float."""
+    from onnxopt.passes.quantize.fidelity import run_all
+
+    model, data = conv_net(), images(8)
+    q = compile_int8(model, data, keep_float=("conv2",), reduce_range="on", max_drop=-1.0).model
+    conv2 = next(n for n in q.graph.node if n.name == "conv2")
+    dq = producer(q, conv2.input[0])
+    assert dq.op_type == "DequantizeLinear" and any(a.name == "axis" for a in dq.attribute)
+    assert initializer(q, dq.input[1]).shape == (8,)
+    fused = ort_fused_ops(q, tmp_path)
+    assert fused["QLinearConv"] == 1 and fused["Conv"] + fused["FusedConv"] >= 1  # conv1 int8, conv2 float
+    for a, b in zip(run_all(q, data), run_all(q, data, opt_level="disable")):
+        np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-4, atol=1e-5)
+
+
 def test_nothing_to_quantize_leaves_the_graph_alone():
     model = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=1)], [tensor("x", [1, 4])], [tensor("y", [1, 4])])
     result = compile_int8(model, [{"x": np.ones((1, 4), np.float32)}])

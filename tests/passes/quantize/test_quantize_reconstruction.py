@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.passes.quantize.placement import WeightSpec
-from onnxopt.passes.quantize.rounding import gptq
+from onnxopt.passes.quantize.rounding import _inverse_upper_factor, gptq
 from onnxopt.passes.quantize.weights import _validated_gptq
 from onnxopt.passes.reconstruct import capture
 from tests.passes.quantize.qmodels import compile_int8, conv_net, images
@@ -28,6 +28,24 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output():
     nearest = np.clip(np.round(w / s[..., None]), -127, 127)
     err = lambda qq: np.linalg.norm(x @ (w[0] - qq[0] * s[0][:, None]).T)
     assert err(q) < 0.5 * err(nearest)
+
+
+def test_inverse_upper_factor_is_the_cholesky_factor_of_the_inverse():
+    x = correlated_inputs(k=40)
+    h = x.T @ x + 0.1 * np.eye(40)
+    u = _inverse_upper_factor(h)
+    assert np.allclose(u, np.triu(u)) and np.all(np.diag(u) > 0)
+    assert np.allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-6, atol=1e-12)
+
+
+def test_gptq_gives_the_same_integers_for_any_block_size():
+    x = correlated_inputs(k=100)
+    w = np.random.default_rng(2).standard_normal((1, 24, x.shape[1]))
+    s = np.abs(w).max(axis=2) / 127
+    h = (x.T @ x)[None]
+    reference = gptq(w, s, h, block=100)
+    for block in (7, 32, 64):
+        assert np.array_equal(gptq(w, s, h, block=block), reference)
 
 
 def test_validation_falls_back_to_nearest_when_gptq_would_overfit():
