@@ -123,7 +123,9 @@ class TuneResult:
             else:
                 lines.append(f"  #{e['number']:<3} {e['reason']}")
         if self.best is not None:
-            lines.append(f"best: #{self.best['number']} {describe(self.best, self.objective)}" + (f", wrote {self.output}" if self.output else ""))
+            final = next((e for e in self.final_selection if e["chosen"]), None)
+            lines.append(f"best: #{self.best['number']} {describe(self.best, self.objective)} in the search"
+                         + (f", {final['speedup']:.2f}x re-measured" if final else "") + (f", wrote {self.output}" if self.output else ""))
         elif self.closest is not None:
             lines.append(f"no trial met the budget; closest: #{self.closest['number']} {describe(self.closest, self.objective)}  {self.closest['command']}")
         else:
