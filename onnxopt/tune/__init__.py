@@ -6,8 +6,9 @@
 
 Each trial compiles one recipe of the search space (space.py) through `onnxopt.compile`, judges its
 accuracy on the tuning data and measures its speedup with paired runs where it ran (trial.py). The
-study (study.py) keeps the trials in Optuna storage; the executor (executors.py) runs them. The
-fastest feasible trial is compiled once more at the end, its accuracy checked again, and written.
+study (study.py) keeps the trials in Optuna storage; the executor (executors.py) runs them. At the
+end the few fastest feasible trials are compiled once more, their accuracy checked again and their
+speedup re-measured with more pairs; the fastest that still meets the budget is written (final.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.tune.result import TuneResult
-from onnxopt.tune.trial import Budget, accuracy_of, run_trial
+from onnxopt.tune.trial import Budget, run_trial
 
 __all__ = ["Budget", "TuneResult", "tune"]
 
@@ -48,6 +49,8 @@ def tune(
     study_name: str = "onnxopt-tune",
     seed: int = 0,
     profile_iters: int = 50,
+    final_candidates: int = 3,
+    final_iters: int | None = None,
     subset: int = 200,
     threads: int = 0,
     output: str | os.PathLike | None = None,
@@ -62,7 +65,8 @@ def tune(
     constraint. `ray` is the address of an existing Ray cluster (checked before any work);
     `storage` a journal file or an RDB URL that makes the study resumable. `trials` counts every
     trial of the stored study, earlier runs included. `trial_function` replaces the worker's
-    trial (tests use it to simulate a dying worker).
+    trial (tests use it to simulate a dying worker). `final_candidates` fastest feasible trials are
+    re-checked at the end, each timed with `final_iters` pairs (default 4 x `profile_iters`).
 
     `metric(outputs, labels)` replaces the accuracy measure, as in `onnxopt.evaluate`: it gets every
     output of a model over the tuning data (stacked on axis 0) and the labels, and returns a number,
@@ -72,23 +76,26 @@ def tune(
     """
     from onnxopt.ir import load_model, save_model
     from onnxopt.tune import executors
+    from onnxopt.tune.final import final_selection
     from onnxopt.tune.result import trial_record
     from onnxopt.tune.space import check_targets, knobs, recipe_for
     from onnxopt.tune.study import (
         SearchSettings,
-        best_feasible,
         open_study,
         progress_bar,
         search,
         started_trials,
+        top_feasible,
     )
 
     say = log or (lambda message: None)
     started = time.perf_counter()
     if (max_drop is None) == (min_fidelity is None):
         raise ConfigError("tune needs exactly one accuracy budget: --max-drop PTS or --min-fidelity X")
-    if trials < 1 or workers < 1:
-        raise ConfigError("--trials and --workers must be at least 1")
+    if trials < 1 or workers < 1 or final_candidates < 1:
+        raise ConfigError("--trials, --workers and final_candidates must be at least 1")
+    if final_iters is not None and final_iters < 2:
+        raise ConfigError("final_iters must be at least 2 (timed pairs)")
     if time_budget is not None and time_budget <= 0:
         raise ConfigError("--time-budget must be positive (seconds)")
     if output is not None and Path(output).suffix.lower() != ".onnx":
@@ -129,16 +136,23 @@ def tune(
             pareto=sorted(t.number for t in study.best_trials), source=str(model),
         )
         by_number = {r["number"]: r for r in records}
-        choice = best_feasible(study)
-        if choice is None:
+        candidates = top_feasible(study, final_candidates)
+        if not candidates:
             result.closest = _closest(records)
         else:
-            say(f"re-checking trial #{choice.number} and writing it")
-            result.best = by_number[choice.number]
-            result.model, result.report = _recheck(original, recipe_for(choice.params, knobs(targets)), files, settings, result)
-            if result.model is not None and output is not None:
-                save_model(result.model, output)
-                result.output = str(output)
+            chosen, again, result.final_selection = final_selection(
+                original, [(by_number[t.number], recipe_for(t.params, knobs(targets))) for t in candidates], files, settings,
+                iters=final_iters or 4 * profile_iters, log=say,
+            )
+            result.notes += [f"trial #{e['number']} {e['reason']}" for e in result.final_selection if not e["feasible"]]
+            if chosen is None:
+                result.closest = by_number[candidates[0].number]
+                result.notes.append("no re-checked candidate met the budget; no model written")
+            else:
+                result.best, result.model, result.report = chosen, again.model, again.report
+                if output is not None:
+                    save_model(result.model, output)
+                    result.output = str(output)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -195,26 +209,3 @@ def _closest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     rejected = [r for r in records if r["state"] == "pruned" and r.get("drop_pts") is not None]
     return min(rejected, key=lambda r: r["drop_pts"], default=None)
 
-
-def _recheck(original, recipe, files: dict[str, str], settings, result: TuneResult):
-    """Compile the chosen recipe once more with the full report; keep it only if it still meets the budget."""
-    from onnxopt.api import compile as run_compile
-    from onnxopt.evaluation import EvaluationResult, evaluate
-
-    compiled = run_compile(
-        original, target=recipe.target, calibration=files["calib"], extra_passes=recipe.extra_passes(),
-        overrides=recipe.overrides, save=False, seed=settings.seed, profile=True, profile_iters=settings.profile_iters,
-        threads=settings.threads, evaluation_data=files["data"], labels=files.get("labels"),
-    )
-    ev = compiled.report.evaluation
-    if settings.metric is not None:
-        evaluation = evaluate(original, compiled.model, files["data"], files.get("labels"), metric=settings.metric)
-    else:
-        evaluation = EvaluationResult(samples=ev["samples"], outputs=ev["outputs"], accuracy=ev["accuracy"])
-    drop, fidelity, _ = accuracy_of(evaluation)
-    size_mb = compiled.report.after["size_bytes"] / 1e6
-    if any(v > 0 for v in settings.budget.violations(drop, fidelity, size_mb).values()):
-        result.notes.append(f"trial #{result.best['number']} missed the budget when compiled again (drop {drop}, fidelity {fidelity:.5f}); no model written")
-        result.closest, result.best = result.best, None
-        return None, compiled.report
-    return compiled.model, compiled.report

@@ -47,7 +47,8 @@ def trial_record(trial, targets: tuple[str, ...], command: list[str]) -> dict[st
 
 @dataclass
 class TuneResult:
-    """What `onnxopt.tune` found. `model`/`report` are the chosen model (fastest feasible, re-checked)."""
+    """What `onnxopt.tune` found. `model`/`report` are the chosen model: of the fastest feasible trials
+    (`final_selection`, each compiled again and re-measured), the fastest that still met the budget."""
 
     executor: str
     objective: str  # "drop" (points, lower is better) or "fidelity"
@@ -62,6 +63,7 @@ class TuneResult:
     seconds: float = 0.0
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    final_selection: list[dict[str, Any]] = field(default_factory=list)  # the re-checked candidates, see tune/final.py
 
     @property
     def found(self) -> bool:
@@ -85,6 +87,7 @@ class TuneResult:
             "closest": self.closest,
             "output": self.output,
             "pareto": self.pareto,
+            "final_selection": self.final_selection,
             "trials": self.trials,
             "report": self.report.to_dict() if self.report is not None else None,
             "notes": self.notes,
@@ -111,8 +114,18 @@ class TuneResult:
         ]
         for t in self.front():
             lines.append(f"  #{t['number']:<3} {describe(t, self.objective)}  {t['command']}")
+        if self.final_selection:
+            lines.append("final selection (compiled again, re-measured with more pairs):")
+        for e in self.final_selection:
+            if e["feasible"]:
+                lines.append(f"  #{e['number']:<3} {e['speedup']:.2f}x (95% CI {e['ci95'][0]:.2f}-{e['ci95'][1]:.2f}, {e['pairs']} pairs; "
+                             f"{e['search_speedup']:.2f}x in the search)" + ("  <- chosen" if e["chosen"] else ""))
+            else:
+                lines.append(f"  #{e['number']:<3} {e['reason']}")
         if self.best is not None:
-            lines.append(f"best: #{self.best['number']} {describe(self.best, self.objective)}" + (f", wrote {self.output}" if self.output else ""))
+            final = next((e for e in self.final_selection if e["chosen"]), None)
+            lines.append(f"best: #{self.best['number']} {describe(self.best, self.objective)} in the search"
+                         + (f", {final['speedup']:.2f}x re-measured" if final else "") + (f", wrote {self.output}" if self.output else ""))
         elif self.closest is not None:
             lines.append(f"no trial met the budget; closest: #{self.closest['number']} {describe(self.closest, self.objective)}  {self.closest['command']}")
         else:

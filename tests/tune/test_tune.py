@@ -22,12 +22,19 @@ def test_finds_a_feasible_model_and_writes_it(small_tune):
     result, out = small_tune
     assert result.found and result.executor == "local"
     assert result.best["feasible"] and result.best["drop_pts"] <= 2.0
-    fastest = max((t for t in result.trials if t["feasible"]), key=lambda t: t["speedup"])
-    assert result.best["number"] == fastest["number"]
-    assert result.best["number"] in result.pareto
+    # the fastest feasible trials (up to final_candidates=3) were compiled again and re-measured with more pairs;
+    # the chosen one is the fastest of those that still met the budget
+    feasible = sorted((t for t in result.trials if t["feasible"]), key=lambda t: -t["speedup"])
+    assert [e["number"] for e in result.final_selection] == [t["number"] for t in feasible[:3]]
+    remeasured = [e for e in result.final_selection if e["feasible"]]
+    winner = max(remeasured, key=lambda e: e["speedup"])
+    assert result.best["number"] == winner["number"] and winner["chosen"]
+    assert sum(e["chosen"] for e in result.final_selection) == 1
+    for entry in remeasured:
+        assert entry["pairs"] == 32 and entry["ci95"][0] <= entry["speedup"] <= entry["ci95"][1] and entry["drop_pts"] <= 2.0
     # the chosen model was compiled again, with its full report, and written
     assert result.report is not None and result.report.evaluation["accuracy"] is not None
-    assert result.report.latency["speedup"] > 0
+    assert result.report.latency["speedup"] == winner["speedup"]
     onnx.checker.check_model(onnx.load(out))
     assert result.output == str(out)
 
@@ -36,6 +43,7 @@ def test_json_holds_every_trial_with_what_it_measured(small_tune):
     result, _ = small_tune
     data = json.loads(result.to_json())
     assert data["executor"] == "local" and data["pareto"] == result.pareto
+    assert data["final_selection"] == result.final_selection and data["final_selection"]
     assert len(data["trials"]) == 3
     complete = [t for t in data["trials"] if t["state"] == "complete"]
     assert complete
