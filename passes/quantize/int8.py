@@ -11,7 +11,8 @@ op categories that measure slower in int8 than in float in this model on this CP
 and the finished model is compared with the float one (paired, in context): when it is not
 faster, regions of the graph that run faster in float go float, and if int8 still cannot beat
 float the model stays float with a warning (report: latency_vs_float). On x86 CPUs without VNNI,
-ORT weights are 7-bit (depthwise convs excepted) because ORT's u8s8 GEMM kernels saturate.
+ORT's u8s8 GEMM kernels saturate int16 sums of adjacent weight pairs, so ORT weights keep each
+such pair within |q1| + |q2| <= 128 (pairs.py; depthwise convs excepted).
 A layer left float reads a per-channel DequantizeLinear, because ORT would otherwise quantize
 its float weights itself (per tensor, 8-bit). All calibration statistics, bias correction's
 input means included, come from one streamed pass (stats.py). It is lossy (exact = False):
@@ -77,11 +78,18 @@ class QuantizeInt8Config:
     latency_aware: bool = option(True, "ORT: measure in the model whether each op category and each region is faster in int8 than float here; keep slower ones float, and the whole model float if int8 cannot beat it")
     latency_iters: int = option(30, "paired runs per latency measurement")
     latency_regions: int = option(4, "contiguous regions the never-slower-than-float check decides on when the int8 model is not faster")
-    reduce_range: Literal["auto", "on", "off"] = option("auto", "ORT: 7-bit weights (-63..63) so the u8 x s8 products of ORT's AVX2 int8 GEMM kernels cannot saturate their int16 sums (depthwise convs keep 8 bits: their kernel sums in int32); auto: on for x86 CPUs without VNNI")
+    reduce_range: Literal["auto", "pairs", "on", "off"] = option("auto", "ORT's AVX2 int8 GEMM kernels add u8 x s8 products of adjacent weights into int16 with saturation. pairs: 8-bit weights whose adjacent pairs (in the kernel's order) keep |q1| + |q2| <= 128, which cannot saturate; on: 7-bit weights (-63..63), the blunt guard; off: plain 8-bit. Depthwise convs keep plain 8 bits (their kernel sums in int32). auto: pairs on x86 CPUs without VNNI, else off")
     bins: int = option(4096, "histogram bins per activation tensor")
     gptq_damp: float = option(0.05, "GPTQ damping, as a fraction of the mean diagonal of the inputs' Gram matrix (one value: each one tried costs a GPTQ run per layer)")
     gptq_max_columns: int = option(4608, "layers with more inputs per output channel are rounded to nearest")
     gptq_rows: int = option(2048, "input rows sampled per calibration sample for GPTQ statistics")
+
+
+WEIGHT_RANGES = {
+    "pairs": "8-bit, adjacent pairs |q1| + |q2| <= 128 (saturation-free in ORT's AVX2 kernels), depthwise convs plain 8-bit",
+    "on": "7-bit (-63..63) except depthwise convs",
+    "off": "8-bit (-127..127)",
+}
 
 
 def _name_nodes(graph: gs.Graph) -> None:
@@ -157,9 +165,10 @@ class QuantizeInt8(Pass):
             raise CalibrationError("the calibration data yielded no samples")
         params = self._activation_params(plan, stats.histograms, rules)
         clock.lap("calibration")
-        reduce = rules.name == "ort" and (cfg.reduce_range == "on" or (cfg.reduce_range == "auto" and needs_reduced_range()))
-        qmax = {name: 63 if reduce and category(nodes[name]) != "Conv-depthwise" else 127 for name in specs}
-        weights, rounding = self._weights(fg, specs, stats, qmax)
+        weight_range = self._weight_range(rules)
+        guarded = {name for name in specs if category(nodes[name]) != "Conv-depthwise"} if weight_range != "off" else set()
+        qmax = {name: 63 if weight_range == "on" and name in guarded else 127 for name in specs}
+        weights, rounding = self._weights(fg, specs, stats, qmax, frozenset(guarded) if weight_range == "pairs" else frozenset())
         for layer in stats.layers.values():
             layer.fit = layer.held_out = None  # the Gram matrices, the largest statistics: only GPTQ reads them (peak memory)
         clock.lap("weights")
@@ -196,7 +205,7 @@ class QuantizeInt8(Pass):
             "calibrator": cfg.calibrator,
             "rounding": cfg.rounding,
             "rounding_chosen": _count(rounding.values()),
-            "weight_range": "7-bit (-63..63) except depthwise convs" if reduce else "8-bit (-127..127)",
+            "weight_range": WEIGHT_RANGES[weight_range],
             "bias_correction": cfg.bias_correction,
             "matmul_mode": choice,
             "calibration_samples": seen,
@@ -262,12 +271,23 @@ class QuantizeInt8(Pass):
                 params[m] = shared
         return params
 
-    def _weights(self, graph, specs, stats, qmax: dict[str, int]) -> tuple[dict[str, QuantWeight], dict[str, str]]:
+    def _weight_range(self, rules: TargetRules) -> str:
+        """"pairs", "on" (7-bit) or "off": the guard against ORT's saturating AVX2 kernels, if any."""
+        mode = self.config.reduce_range
+        if rules.name != "ort":
+            return "off"
+        if mode == "auto":
+            return "pairs" if needs_reduced_range() else "off"
+        return mode
+
+    def _weights(self, graph, specs, stats, qmax: dict[str, int], pairs: frozenset[str]) -> tuple[dict[str, QuantWeight], dict[str, str]]:
         cfg = self.config
         if cfg.rounding == "gptq":
-            return gptq_weights(graph, specs, stats, scale_method=cfg.weight_scales, max_columns=cfg.gptq_max_columns, damps=(cfg.gptq_damp,), qmax=qmax)
+            return gptq_weights(graph, specs, stats, scale_method=cfg.weight_scales, max_columns=cfg.gptq_max_columns, damps=(cfg.gptq_damp,), qmax=qmax,
+                                pairs=pairs)
         nodes = {n.name: n for n in graph.nodes}
-        return {name: round_to_nearest(nodes[name], spec, cfg.weight_scales, qmax[name]) for name, spec in specs.items()}, {name: "nearest" for name in specs}
+        return ({name: round_to_nearest(nodes[name], spec, cfg.weight_scales, qmax[name], name in pairs) for name, spec in specs.items()},
+                {name: "nearest" for name in specs})
 
     def _choose_matmul_mode(self, state: _State, fidelity: Fidelity, data, ctx) -> str:
         """ORT MatMuls and Gemms with constant weights: static Q/DQ or dynamic, whichever keeps fidelity."""

@@ -29,8 +29,13 @@ def from_matrix_view(matrix: np.ndarray, shape: tuple[int, ...], op: str, transp
     return w2.T if transposed else w2
 
 
-def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: int = 127, damp: float = 0.01, block: int = 32) -> np.ndarray:
+def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: int = 127, damp: float = 0.01, block: int = 32,
+         pair_limit: int | None = None) -> np.ndarray:
     """Integer weights (groups, out, K) minimizing ||X (W - s q)||^2 column by column.
+
+    With `pair_limit`, columns 2j and 2j+1 keep |q_2j| + |q_2j+1| <= pair_limit (pairs.py: ORT's
+    AVX2 kernels), the second of a pair clipped to what the first left; its error is pushed on like
+    any rounding error.
 
     `weight` is (groups, out, K), `scales` (groups, out), `hessian` (groups, K, K) = sum X^T X.
     Columns are rounded in blocks of `block` with one matrix product per block for the rest (the
@@ -61,7 +66,10 @@ def gptq(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, *, qmax: i
         h1 = hinv[:, i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = w1[:, :, i]
-            qcol = np.clip(np.round(col / s[..., 0]), -qmax, qmax)
+            bound = qmax
+            if pair_limit is not None and (i1 + i) % 2:
+                bound = np.minimum(qmax, pair_limit - np.abs(q[:, :, i1 + i - 1]))
+            qcol = np.clip(np.round(col / s[..., 0]), -bound, bound)
             q[:, :, i1 + i] = qcol
             d = h1[:, i, i][:, None]
             err = (col - qcol * s[..., 0]) / d

@@ -14,16 +14,61 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.graphs import const_value
 from onnxopt.passes.quantize.calibrators import quantize_weight, weight_scales
+from onnxopt.passes.quantize.pairs import PAIR_LIMIT, clip_pairs, kernel_order, pair_safe_scales
 from onnxopt.passes.quantize.placement import WeightSpec
 from onnxopt.passes.quantize.qdq import QuantWeight
 from onnxopt.passes.quantize.rounding import from_matrix_view, gptq, matrix_view
 from onnxopt.passes.quantize.stats import CalibrationStats
 
 
-def round_to_nearest(node: gs.Node, spec: WeightSpec, method: str, qmax: int = 127) -> QuantWeight:
+def round_to_nearest(node: gs.Node, spec: WeightSpec, method: str, qmax: int = 127, pairs: bool = False) -> QuantWeight:
     weight = const_value(node.inputs[spec.input_index]).astype(np.float32)
-    scales = weight_scales(weight, spec.axis, method, qmax)
-    return QuantWeight(quantize_weight(weight, scales, spec.axis, qmax), scales, spec.axis)
+    if not pairs:
+        scales = weight_scales(weight, spec.axis, method, qmax)
+        return QuantWeight(quantize_weight(weight, scales, spec.axis, qmax), scales, spec.axis)
+    layer = _KernelView(node, spec, weight, method, qmax, pairs)
+    q = layer.pair_clipped(np.clip(np.round(layer.matrix / layer.row_scales), -qmax, qmax))
+    return layer.quant_weight(q)
+
+
+class _KernelView:
+    """A weight as the rows GPTQ rounds (rounding.matrix_view), its per-channel scales, and with
+    `pairs` the K order of ORT's int8 kernels, scales raised so adjacent pairs cannot saturate."""
+
+    def __init__(self, node: gs.Node, spec: WeightSpec, weight: np.ndarray, method: str, qmax: int, pairs: bool):
+        self.node, self.spec, self.shape = node, spec, weight.shape
+        self.groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
+        self.matrix = matrix_view(weight, node.op, self.groups, spec.transpose).astype(np.float64)
+        self.scales = weight_scales(weight, spec.axis, method, qmax)
+        self.order = kernel_order(node.op, weight.shape, self.groups) if pairs else None
+        self.pairs = pairs
+        if pairs:
+            need = pair_safe_scales(self.kernel(self.matrix), self.scales.reshape(self.groups, -1) if spec.axis is not None else self.scales)
+            self.scales = (need.reshape(-1) if spec.axis is not None else np.atleast_1d(need.max())).astype(np.float32)
+
+    @property
+    def row_scales(self) -> np.ndarray:
+        """Scales broadcast against the matrix: (groups, out, 1)."""
+        if self.spec.axis is None:
+            return np.full((1, 1, 1), float(self.scales.reshape(-1)[0]))
+        return self.scales.reshape(self.groups, -1, 1).astype(np.float64)
+
+    def kernel(self, matrix: np.ndarray) -> np.ndarray:
+        return matrix if self.order is None else matrix[..., self.order]
+
+    def from_kernel(self, matrix: np.ndarray) -> np.ndarray:
+        if self.order is None:
+            return matrix
+        out = np.empty_like(matrix)
+        out[..., self.order] = matrix
+        return out
+
+    def pair_clipped(self, q: np.ndarray) -> np.ndarray:
+        return self.from_kernel(clip_pairs(self.kernel(q))) if self.pairs else q
+
+    def quant_weight(self, q: np.ndarray) -> QuantWeight:
+        values = from_matrix_view(q, self.shape, self.node.op, self.spec.transpose).astype(np.int8)
+        return QuantWeight(values, self.scales, self.spec.axis)
 
 
 def gptq_ready(node: gs.Node, spec: WeightSpec, max_columns: int) -> bool:
@@ -48,19 +93,22 @@ def gptq_weights(
     max_columns: int = 4608,
     damps: tuple[float, ...] = (0.01, 0.1),
     qmax: dict[str, int] | None = None,
+    pairs: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, QuantWeight], dict[str, str]]:
     """GPTQ-rounded int8 weights for the nodes in `specs` (from the Gram matrices in `stats`), and
-    per node which rounding won; `qmax` bounds a node's integers (127 unless given)."""
+    per node which rounding won; `qmax` bounds a node's integers (127 unless given), nodes in
+    `pairs` keep adjacent pairs saturation-free (pairs.py)."""
     nodes = {n.name: n for n in graph.nodes}
     result: dict[str, QuantWeight] = {}
     choices: dict[str, str] = {}
     for name, spec in specs.items():
         layer = stats.layers.get(name)
         if layer is None or layer.fit is None or not gptq_ready(nodes[name], spec, max_columns):
-            result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127))
+            result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127), name in pairs)
             choices[name] = "nearest (GPTQ does not apply)"
             continue
-        result[name], choices[name] = _validated_gptq(nodes[name], spec, layer.fit, layer.held_out, scale_method, damps, (qmax or {}).get(name, 127))
+        result[name], choices[name] = _validated_gptq(nodes[name], spec, layer.fit, layer.held_out, scale_method, damps, (qmax or {}).get(name, 127),
+                                                      name in pairs)
     return result, choices
 
 
@@ -70,24 +118,30 @@ def _output_error(matrix: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -
     return float(np.sum(np.matmul(d, hessian) * d))
 
 
-def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps, qmax=127) -> tuple[QuantWeight, str]:
+def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps, qmax=127, pairs=False) -> tuple[QuantWeight, str]:
     """GPTQ with the damping that generalizes, or round to nearest when GPTQ does not.
 
     GPTQ fitted on half the calibration samples is scored on the other half: where the inputs
     span too few directions (late layers on small feature maps) it overfits, pushing error into
     directions it never saw, and plain rounding wins. The winner is refitted on all samples.
+    With `pairs`, GPTQ runs in the kernel's K order so it can keep adjacent pairs bounded.
     """
     weight = const_value(node.inputs[spec.input_index]).astype(np.float32)
-    scales = weight_scales(weight, spec.axis, scale_method, qmax)
-    groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
-    matrix = matrix_view(weight, node.op, groups, spec.transpose).astype(np.float64)
-    s = scales.reshape(groups, -1, 1).astype(np.float64)
-    nearest = np.clip(np.round(matrix / s), -qmax, qmax)
+    layer = _KernelView(node, spec, weight, scale_method, qmax, pairs)
+    matrix, s = layer.matrix, layer.row_scales
+    limit = PAIR_LIMIT if pairs else None
+
+    def rounded(hessian, damp):
+        h = hessian if layer.order is None else hessian[:, layer.order][:, :, layer.order]
+        q = gptq(layer.kernel(matrix), s[..., 0], h, damp=damp, qmax=qmax, pair_limit=limit)
+        return layer.from_kernel(clip_pairs(q) if pairs else q)
+
+    nearest = layer.pair_clipped(np.clip(np.round(matrix / s), -qmax, qmax))
     choice, best = "nearest", None
     if h_val is not None:
         best = _output_error(matrix, nearest * s, h_val)
         for damp in damps:
-            err = _output_error(matrix, gptq(matrix, s[..., 0], h_fit, damp=damp, qmax=qmax) * s, h_val)
+            err = _output_error(matrix, rounded(h_fit, damp) * s, h_val)
             if err < best:
                 choice, best = f"gptq damp {damp:g}", err
     if choice == "nearest" and h_val is not None:
@@ -95,9 +149,8 @@ def _validated_gptq(node, spec, h_fit, h_val, scale_method, damps, qmax=127) -> 
     else:
         damp = float(choice.rsplit(" ", 1)[1]) if choice != "nearest" else damps[0]
         choice = f"gptq damp {damp:g}"
-        q = gptq(matrix, s[..., 0], h_fit + (h_val if h_val is not None else 0), damp=damp, qmax=qmax)
-    values = from_matrix_view(q, weight.shape, node.op, spec.transpose).astype(np.int8)
-    return QuantWeight(values, scales, spec.axis), choice
+        q = rounded(h_fit + (h_val if h_val is not None else 0), damp)
+    return layer.quant_weight(q), choice
 
 
 def bias_corrections(
