@@ -142,6 +142,7 @@ class QuantizeInt8(Pass):
         started = time.perf_counter()
         rules = rules_for(ctx.target if cfg.target == "auto" else cfg.target)
         float_model, prep = _prepared_float_model(graph, ctx)
+        weight_range = self._weight_range(rules)
         fg = import_graph(float_model)
         data = ctx.calibration
         why_float = self._forced_float(fg, rules)
@@ -165,7 +166,6 @@ class QuantizeInt8(Pass):
             raise CalibrationError("the calibration data yielded no samples")
         params = self._activation_params(plan, stats.histograms, rules)
         clock.lap("calibration")
-        weight_range = self._weight_range(rules)
         guarded = {name for name in specs if category(nodes[name]) != "Conv-depthwise"} if weight_range != "off" else set()
         qmax = {name: 63 if weight_range == "on" and name in guarded else 127 for name in specs}
         weights, rounding = self._weights(fg, specs, stats, qmax, frozenset(guarded) if weight_range == "pairs" else frozenset())

@@ -35,6 +35,8 @@ class LayerInputs:
 
     fit: np.ndarray | None = None
     held_out: np.ndarray | None = None
+    fit_rows: int = 0
+    held_out_rows: int = 0
     rows: int = 0
     total: np.ndarray | None = None
 
@@ -139,8 +141,10 @@ def _update_layer(acc: LayerInputs, node: gs.Node, x: np.ndarray, with_gram: boo
         h = np.matmul(r.transpose(0, 2, 1), r)
         if fit_half:
             acc.fit = h if acc.fit is None else np.add(acc.fit, h, out=acc.fit)
+            acc.fit_rows += rows.shape[0]
         else:
             acc.held_out = h if acc.held_out is None else np.add(acc.held_out, h, out=acc.held_out)
+            acc.held_out_rows += rows.shape[0]
 
 
 def _input_rows(x: np.ndarray, node: gs.Node, max_rows: int, rng) -> np.ndarray:

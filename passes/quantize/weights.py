@@ -3,7 +3,11 @@
 Round to nearest is the baseline. With `gptq`, each layer's input Gram matrix on the calibration
 data (collected by stats.py in the one statistics pass, fitted and held-out halves) drives the
 GPTQ rounding, kept only where it beats round-to-nearest on the held-out half (then refitted on
-all samples). Bias correction then shifts each layer's float bias by the mean error its rounded
+all samples). A layer with fewer input rows in a half than input columns (late layers on 7x7
+maps) is rounded to nearest: the Gram matrices are rank-deficient, GPTQ pushes error into
+directions no calibration sample excites, and the held-out half cannot see them either
+(EfficientNet-Lite0's last project conv: held-out error 0.66x nearest's, yet cosine -0.0055 on
+other photos). Bias correction then shifts each layer's float bias by the mean error its rounded
 weights make on the layer's real (float) inputs, from the same statistics.
 """
 
@@ -106,6 +110,10 @@ def gptq_weights(
         if layer is None or layer.fit is None or not gptq_ready(nodes[name], spec, max_columns):
             result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127), name in pairs)
             choices[name] = "nearest (GPTQ does not apply)"
+            continue
+        if min(layer.fit_rows, layer.held_out_rows) < layer.fit.shape[-1]:
+            result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127), name in pairs)
+            choices[name] = "nearest (fewer calibration rows than inputs: GPTQ would fit directions no sample shows)"
             continue
         result[name], choices[name] = _validated_gptq(nodes[name], spec, layer.fit, layer.held_out, scale_method, damps, (qmax or {}).get(name, 127),
                                                       name in pairs)
