@@ -340,7 +340,7 @@ def markdown(results, args) -> str:
                  f"{__import__('onnxruntime').__version__}, {time.strftime('%Y-%m-%d')}.")
     lines.append("Fidelity is measured on held-out real inputs the calibration never saw; speedup is float time / int8 time "
                  "(paired, alternating runs; 95% CI); the machine may be shared with other work, so read ratios, not milliseconds. Calibration: the same samples for every quantizer. `onnxopt ort-int8` is the "
-                 "recipe's default budget (fidelity drop <= 0.15 cosine points on the calibration data; 2.0 when the MatMuls go dynamic, as on MiniLM); `budget 1.0` is "
+                 "recipe's default budget (fidelity drop <= 0.15 cosine points on the calibration data; 3.0 when the MatMuls go dynamic, as on MiniLM); `budget 1.0` is "
                  "`--max-drop 1.0`, the latency end of the trade-off.")
     lines.append("")
     for res in results:

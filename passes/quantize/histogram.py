@@ -46,10 +46,14 @@ class StreamingHistogram:
 
     def update(self, values: np.ndarray) -> None:
         values = np.asarray(values, dtype=np.float32).ravel()
-        values = values[np.isfinite(values)]
         if values.size == 0:
             return
         lo, hi = float(values.min()), float(values.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # min and max see any NaN or inf: filter only then
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                return
+            lo, hi = float(values.min()), float(values.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         needed = max(abs(lo), abs(hi))
         if needed > self.radius:
