@@ -66,6 +66,8 @@ def im2col(
     n, c, h, w = x.shape
     kh, kw = kernel
     top, left, bottom, right = pads
+    if kernel == (1, 1) and tuple(strides) == (1, 1) and not any(pads):  # pointwise: the channels-last view, one copy
+        return x.transpose(0, 2, 3, 1).reshape(n * h * w, c)
     xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     oh = (h + top + bottom - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (w + left + right - dilations[1] * (kw - 1) - 1) // strides[1] + 1

@@ -29,6 +29,16 @@ def test_im2col_times_weights_equals_onnxruntime_conv():
     assert np.allclose(run_model(model, {"x": x})["y"], np.maximum(conv_out, 0))
 
 
+def test_im2col_of_a_pointwise_conv_equals_onnxruntime_conv():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    x = rng.standard_normal((2, 6, 9, 9)).astype(np.float32)
+    conv_out = capture(conv_model(w, b, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)), ["c"], [{"x": x}])["c"]
+    ours = im2col(x, (1, 1)) @ w.reshape(4, -1).T + b
+    np.testing.assert_allclose(ours, channels_last_rows(conv_out), rtol=1e-4, atol=1e-4)
+
+
 def test_least_squares_recovers_weights_and_bias():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((500, 6))
