@@ -130,7 +130,7 @@ def knobs(targets: tuple[str, ...]) -> list[Knob]:
     """The table: order matters only for conditions (a knob may look at the ones above it)."""
     return [
         Knob("target", CategoricalDistribution(list(targets)), always, _set_target, "precision: float or int8"),
-        Knob("int8_max_drop", CategoricalDistribution([0.02, 0.05, 0.1, 0.3, 1.0, -1.0]), _is_int8,
+        Knob("int8_max_drop", CategoricalDistribution([0.02, 0.05, 0.1, 0.15, 0.3, 1.0, -1.0]), _is_int8,
              _override("quantize-int8", "max_drop"), "quantizer's fidelity budget (cosine points); -1: no float fallback"),
         Knob("int8_calibrator", CategoricalDistribution(["mse", "percentile", "minmax"]), _is_int8,
              _override("quantize-int8", "calibrator"), "activation range calibrator"),
