@@ -37,6 +37,7 @@ class LayerInputs:
     held_out: np.ndarray | None = None
     fit_rows: int = 0
     held_out_rows: int = 0
+    too_few_rows: bool = False  # no Gram matrices: a half would have fewer rows than the layer has inputs
     rows: int = 0
     total: np.ndarray | None = None
 
@@ -93,6 +94,12 @@ def collect_statistics(
     """Histograms of `activations`, input statistics of `layers` (Gram matrices for `gram_layers`),
     and the float model's outputs, from as few passes over `data` as the memory budget allows."""
     stats = CalibrationStats(histograms={name: StreamingHistogram(bins) for name in dict.fromkeys(activations)})
+    samples = data.known_length() if hasattr(data, "known_length") else len(data) if hasattr(data, "__len__") else None
+    if samples:
+        short = {name for name in gram_layers if _rows_per_half(layers[name], samples, rows_per_sample) < _columns(layers[name])}
+        for name in short:
+            stats.layers[name] = LayerInputs(too_few_rows=True)
+        gram_layers = set(gram_layers) - short
     outputs = [o.name for o in model.graph.output]
     rng = np.random.default_rng(seed)
     for index, chunk in enumerate(_chunks(layers, gram_layers, memory_budget)):
@@ -126,9 +133,27 @@ ROWS_PER_COLUMN = 32  # rows sampled per sample and input column: plenty for a K
 MIN_ROWS = 256
 
 
-def _update_layer(acc: LayerInputs, node: gs.Node, x: np.ndarray, with_gram: bool, fit_half: bool, max_rows: int, rng) -> None:
+def _columns(node: gs.Node) -> int:
     shape = tuple(node.inputs[1].shape)
-    columns = int(np.prod(shape[1:])) if node.op == "Conv" else max(int(s) for s in shape[:2])
+    return int(np.prod(shape[1:])) if node.op == "Conv" else max(int(s) for s in shape[:2])
+
+
+def _rows_per_half(node: gs.Node, samples: int, max_rows: int) -> float:
+    """Input rows the smaller calibration half will give a Conv with static shapes (inf when unknown:
+    MatMul rows depend on the sequence length)."""
+    x, w = node.inputs[0].shape, node.inputs[1].shape
+    if node.op != "Conv" or x is None or len(x) != 4 or not all(isinstance(d, int) for d in (*x, *w)):
+        return float("inf")
+    (sh, sw), (dh, dw) = tuple(node.attrs.get("strides", (1, 1))), tuple(node.attrs.get("dilations", (1, 1)))
+    top, left, bottom, right = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
+    oh = (x[2] + top + bottom - dh * (w[2] - 1) - 1) // sh + 1
+    ow = (x[3] + left + right - dw * (w[3] - 1) - 1) // sw + 1
+    per_sample = min(x[0] * oh * ow, min(max_rows, max(MIN_ROWS, ROWS_PER_COLUMN * _columns(node))))
+    return per_sample * (samples // 2)
+
+
+def _update_layer(acc: LayerInputs, node: gs.Node, x: np.ndarray, with_gram: bool, fit_half: bool, max_rows: int, rng) -> None:
+    columns = _columns(node)
     # A depthwise conv's Gram matrices are 9 x 9: thousands of rows per sample only cost time (most of the Gram time on EfficientNet-Lite0)
     rows = _input_rows(x, node, min(max_rows, max(MIN_ROWS, ROWS_PER_COLUMN * columns)), rng)
     acc.rows += rows.shape[0]

@@ -107,11 +107,12 @@ def gptq_weights(
     choices: dict[str, str] = {}
     for name, spec in specs.items():
         layer = stats.layers.get(name)
-        if layer is None or layer.fit is None or not gptq_ready(nodes[name], spec, max_columns):
+        too_few_rows = layer is not None and (layer.too_few_rows or (layer.fit is not None and min(layer.fit_rows, layer.held_out_rows) < layer.fit.shape[-1]))
+        if not too_few_rows and (layer is None or layer.fit is None or not gptq_ready(nodes[name], spec, max_columns)):
             result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127), name in pairs)
             choices[name] = "nearest (GPTQ does not apply)"
             continue
-        if min(layer.fit_rows, layer.held_out_rows) < layer.fit.shape[-1]:
+        if too_few_rows:
             result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127), name in pairs)
             choices[name] = "nearest (fewer calibration rows than inputs: GPTQ would fit directions no sample shows)"
             continue

@@ -31,6 +31,19 @@ def test_one_pass_matches_the_separate_collections():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
+def test_no_gram_matrices_where_a_half_would_have_fewer_rows_than_inputs():
+    """GPTQ skips such layers (weights.py), so their Gram matrices are not collected; the row count
+    is predicted from the static shapes and matches what the pass collects."""
+    model, data = conv_net(), images(4)
+    nodes = {n.name: n for n in import_graph(model).nodes}
+    layers = {"conv1": nodes["conv1"]}  # 3x3 over 3 channels: 27 inputs, 64 output positions per sample
+    few = collect_statistics(model, [], layers, {"conv1"}, data, bins=64, rows_per_sample=10)  # 10 rows x 2 samples < 27
+    assert few.layers["conv1"].too_few_rows and few.layers["conv1"].fit is None and few.layers["conv1"].rows == 40
+    enough = collect_statistics(model, [], layers, {"conv1"}, data, bins=64, rows_per_sample=10_000)
+    layer = enough.layers["conv1"]
+    assert not layer.too_few_rows and layer.fit is not None and layer.fit_rows == layer.held_out_rows == 2 * 64
+
+
 def test_gram_matrices_over_the_memory_budget_take_more_passes():
     model, data = conv_net(), images(4)
     nodes = {n.name: n for n in import_graph(model).nodes}
