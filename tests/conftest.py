@@ -40,6 +40,23 @@ def ops(model: onnx.ModelProto) -> list[str]:
 
 
 @pytest.fixture
+def skip_layernorm_faster(monkeypatch):
+    """ONNX Runtime's SkipLayerNormalization taken as the faster form here. The fusion measures it per
+    machine (passes/fusion/residual_norm.py); tests of the fused form must not depend on that."""
+    import onnxopt.passes.fusion.skip_layernorm as skip_layernorm
+
+    monkeypatch.setattr(skip_layernorm, "skip_layernorm_is_faster", lambda hidden: True)
+
+
+@pytest.fixture
+def skip_layernorm_slower(monkeypatch):
+    """The other measurement: Sum + LayerNormalization taken as the faster form."""
+    import onnxopt.passes.fusion.skip_layernorm as skip_layernorm
+
+    monkeypatch.setattr(skip_layernorm, "skip_layernorm_is_faster", lambda hidden: False)
+
+
+@pytest.fixture
 def conv_model():
     """Conv with a Constant-node weight, Identity, Dropout, and two identical bias initializers."""
     rng = np.random.default_rng(0)

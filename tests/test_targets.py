@@ -76,7 +76,7 @@ def test_custom_tensorrt_recipe_gets_tensorrt_qdq_placement(tmp_path):
 
 
 @pytest.mark.parametrize("header", ["", 'name = "my-fp32"\n'])
-def test_custom_ort_recipe_builds_the_same_graph_as_ort_fp32(tmp_path, header):
+def test_custom_ort_recipe_builds_the_same_graph_as_ort_fp32(tmp_path, header, skip_layernorm_faster):
     """my-fp32.toml (named or not) decides by its backend, not its name: ORT's fusions, contrib ops included."""
     recipe = write(tmp_path, "my-fp32.toml", header + 'backend = "ort"\n' + EXACT_FUSION)
     model = transformer_block()
@@ -97,7 +97,7 @@ def test_unnamed_tensorrt_recipe_uses_standard_ops_only(tmp_path):
 
 
 @pytest.mark.real
-def test_custom_ort_recipe_matches_ort_fp32_on_minilm(tmp_path):
+def test_custom_ort_recipe_matches_ort_fp32_on_minilm(tmp_path, skip_layernorm_faster):
     path, _, _ = zoo_model("minilm")
     recipe = write(tmp_path, "my-fp32.toml", 'name = "my-fp32"\nbackend = "ort"\n' + EXACT_FUSION)
     mine = onnxopt.compile(path, recipe=recipe, profile=False, verify="off")

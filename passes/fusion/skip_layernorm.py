@@ -1,10 +1,13 @@
-"""Residual Add + LayerNormalization fused into ONNX Runtime's SkipLayerNormalization.
+"""Residual Add + LayerNormalization fused into ONNX Runtime's SkipLayerNormalization, where ORT
+runs that faster.
 
 `LayerNormalization(a + b)` over the last axis is com.microsoft SkipLayerNormalization(a, b,
 gamma, beta); its fourth output is `a + b` itself, so other readers of the sum (pre-LN
 transformers) keep it. ONNX Runtime targets only: the op is a contrib op. Refused unless a and b
 are non-constant rank-3 tensors of the same known shape, the norm is over the last axis with 1-D
-constant gamma/beta, and the LayerNormalization's mean/inv-std outputs are unused.
+constant gamma/beta, and the LayerNormalization's mean/inv-std outputs are unused. Where the fused
+kernel measures slower on this machine (residual_norm.py), the Add becomes a Sum instead, which
+ORT's own load-time fusion leaves alone.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.passes.fusion.gelu import may_use_contrib_ops
+from onnxopt.passes.fusion.residual_norm import skip_layernorm_is_faster
 from onnxopt.passes.fusion.rules import NEVER, Rule, RulePass, is_float, present, remove
 from onnxopt.pipeline import register_pass
 
@@ -33,6 +37,8 @@ class FuseSkipLayerNorm(Rule):
         return NEVER if not may_use_contrib_ops(self.ctx) else 0
 
     def match(self, add):
+        if add.op != "Add":
+            return None
         users = self.local_consumers(add.outputs[0])
         if not users:
             return None
@@ -59,6 +65,11 @@ class FuseSkipLayerNorm(Rule):
         return ok(gamma) and (beta is None or ok(beta))
 
     def rewrite(self, add, norm):
+        hidden = add.inputs[0].shape[-1]
+        if isinstance(hidden, int) and not skip_layernorm_is_faster(hidden):
+            add.op = "Sum"  # same arithmetic; ORT fuses Add -> LayerNormalization into its slower kernel, not Sum
+            add.name = f"{add.name}_residual_sum"
+            return
         a, b = add.inputs
         total = add.outputs[0]
         inputs = [a, b, norm.inputs[1]] + ([norm.inputs[2]] if len(norm.inputs) > 2 and present(norm.inputs[2]) else [])

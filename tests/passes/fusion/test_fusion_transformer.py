@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -136,14 +137,34 @@ def skip_model(extra_reader=False, b_shape=("B", "S", HIDDEN), opset=17):
                       [init("gamma", floats(HIDDEN, 1)), init("beta", floats(HIDDEN, 2))], opset=opset)
 
 
-def test_add_layernorm_becomes_skip_layernorm_for_ort():
+def test_add_layernorm_becomes_skip_layernorm_for_ort(skip_layernorm_faster):
     out, _ = fused(skip_model(), ["SkipLayerNormalization"], shapes={"a": (2, 3, HIDDEN), "b": (2, 3, HIDDEN)})
     assert out.graph.node[0].domain == "com.microsoft"
 
 
-def test_skip_layernorm_keeps_the_sum_for_other_readers():
+def test_skip_layernorm_keeps_the_sum_for_other_readers(skip_layernorm_faster):
     out, _ = fused(skip_model(extra_reader=True), ["SkipLayerNormalization", "Relu"], shapes={"a": (2, 3, HIDDEN), "b": (2, 3, HIDDEN)})
     assert out.graph.node[0].output[3] == "s"
+
+
+def test_where_skip_layernorm_measures_slower_the_residual_add_becomes_a_sum_ort_does_not_refuse(skip_layernorm_slower, tmp_path):
+    import collections
+
+    import onnxruntime as ort
+
+    out, _ = fused(skip_model(extra_reader=True), ["Sum", "LayerNormalization", "Relu"], shapes={"a": (2, 3, HIDDEN), "b": (2, 3, HIDDEN)})
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "ort.onnx")
+    ort.InferenceSession(out.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    loaded = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "ort.onnx")).graph.node)
+    assert loaded["SkipLayerNormalization"] == 0 and loaded["LayerNormalization"] == 1
+
+
+def test_the_measurement_compares_the_two_forms_on_this_machine():
+    from onnxopt.passes.fusion.residual_norm import skip_layernorm_is_faster
+
+    assert isinstance(skip_layernorm_is_faster(HIDDEN), bool)
+    assert skip_layernorm_is_faster.cache_info().currsize >= 1  # measured once per hidden size
 
 
 def test_skip_layernorm_not_for_other_targets_nor_broadcasting_adds():

@@ -43,7 +43,7 @@ def test_int8_recipes_fuse_before_quantizing_and_prune_before_fusing(target):
 
 
 @pytest.mark.parametrize("matmul", ["static", "dynamic"])
-def test_ort_int8_quantizes_the_matmuls_around_fused_layernorm_and_gelu(matmul, tmp_path):
+def test_ort_int8_quantizes_the_matmuls_around_fused_layernorm_and_gelu(matmul, tmp_path, skip_layernorm_faster):
     model = transformer_block(opset=14)
     result = compile_target(model, "ort-int8", tokens(16, 0), f"quantize-int8.matmul={matmul}")
     q, report = result.model, result.report.artifacts["quantize"]
