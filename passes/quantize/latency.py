@@ -1,4 +1,4 @@
-"""Measure, on this machine, whether int8 makes a group of nodes faster or slower than float (and whether its int8 kernels need 7-bit weights).
+"""Measure, on this machine, whether int8 makes a group of nodes faster or slower than float (and whether its int8 kernels can saturate).
 
 Int8 is not always faster: on CPUs without VNNI, depthwise convolutions and small adds often
 run slower quantized than in float, because requantizing costs more than the arithmetic saves.
@@ -69,7 +69,8 @@ def settled_speedup(ctx, baseline: onnx.ModelProto, candidate: onnx.ModelProto, 
 def needs_reduced_range() -> bool:
     """x86 without VNNI: ORT's u8 x s8 int8 kernels (vpmaddubsw) add product pairs into int16 with
     saturation, so 8-bit weights can overflow (measured on EfficientNet-Lite0: cosine 0.986 with
-    the Q/DQ graph run unfused, 0.836 through the fused kernels). 7-bit weights cannot."""
+    the Q/DQ graph run unfused, 0.836 through the fused kernels). Pair-bounded weights (pairs.py)
+    and 7-bit weights cannot."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False
     try:
