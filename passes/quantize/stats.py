@@ -144,18 +144,27 @@ def _rows_per_half(node: gs.Node, samples: int, max_rows: int) -> float:
     x, w = node.inputs[0].shape, node.inputs[1].shape
     if node.op != "Conv" or x is None or len(x) != 4 or not all(isinstance(d, int) for d in (*x, *w)):
         return float("inf")
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return float("inf")  # the padding is not in `pads`: no prediction, the rows are counted as they come
+    oh, ow = _conv_output_size(node, x[2], x[3])
+    return min(x[0] * oh * ow, _row_cap(node, max_rows)) * (samples // 2)
+
+
+def _row_cap(node: gs.Node, max_rows: int) -> int:
+    """Rows sampled per calibration sample: enough for a K x K Gram matrix, at most `max_rows`."""
+    return min(max_rows, max(MIN_ROWS, ROWS_PER_COLUMN * _columns(node)))
+
+
+def _conv_output_size(node: gs.Node, h: int, w: int) -> tuple[int, int]:
     (sh, sw), (dh, dw) = tuple(node.attrs.get("strides", (1, 1))), tuple(node.attrs.get("dilations", (1, 1)))
     top, left, bottom, right = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
-    oh = (x[2] + top + bottom - dh * (w[2] - 1) - 1) // sh + 1
-    ow = (x[3] + left + right - dw * (w[3] - 1) - 1) // sw + 1
-    per_sample = min(x[0] * oh * ow, min(max_rows, max(MIN_ROWS, ROWS_PER_COLUMN * _columns(node))))
-    return per_sample * (samples // 2)
+    kh, kw = node.inputs[1].shape[2], node.inputs[1].shape[3]
+    return (h + top + bottom - dh * (kh - 1) - 1) // sh + 1, (w + left + right - dw * (kw - 1) - 1) // sw + 1
 
 
 def _update_layer(acc: LayerInputs, node: gs.Node, x: np.ndarray, with_gram: bool, fit_half: bool, max_rows: int, rng) -> None:
-    columns = _columns(node)
     # A depthwise conv's Gram matrices are 9 x 9: thousands of rows per sample only cost time (most of the Gram time on EfficientNet-Lite0)
-    rows = _input_rows(x, node, min(max_rows, max(MIN_ROWS, ROWS_PER_COLUMN * columns)), rng)
+    rows = _input_rows(x, node, _row_cap(node, max_rows), rng)
     acc.rows += rows.shape[0]
     total = rows.sum(axis=0, dtype=np.float64)
     acc.total = total if acc.total is None else acc.total + total
@@ -184,8 +193,7 @@ def _input_rows(x: np.ndarray, node: gs.Node, max_rows: int, rng) -> np.ndarray:
     top, left, bottom, right = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
     n, c, h, w = x.shape
     kh, kw = shape[2], shape[3]
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _conv_output_size(node, h, w)
     positions = n * oh * ow
     if positions <= max_rows:
         return layer_input_rows(x, node.op, node.attrs, shape, max_rows=max_rows, rng=rng)
