@@ -19,7 +19,7 @@ import numpy as np
 PAIR_LIMIT = 128
 
 
-def kernel_order(op: str, weight_shape: tuple[int, ...], groups: int) -> np.ndarray | None:
+def kernel_order(op: str, weight_shape: tuple[int, ...]) -> np.ndarray | None:
     """Permutation p with matrix[..., p] in the kernel's K order, for a weight in rounding.matrix_view
     layout (groups, out, K); None when K is already in kernel order (MatMul, Gemm, 1x1 convs)."""
     if op != "Conv" or len(weight_shape) < 3:

@@ -44,7 +44,7 @@ class _KernelView:
         self.groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
         self.matrix = matrix_view(weight, node.op, self.groups, spec.transpose).astype(np.float64)
         self.scales = weight_scales(weight, spec.axis, method, qmax)
-        self.order = kernel_order(node.op, weight.shape, self.groups) if pairs else None
+        self.order = kernel_order(node.op, weight.shape) if pairs else None
         self.pairs = pairs
         if pairs:
             need = pair_safe_scales(self.kernel(self.matrix), self.scales.reshape(self.groups, -1) if spec.axis is not None else self.scales)

@@ -61,16 +61,16 @@ def test_ort_kernels_saturate_exactly_the_pairs_pairs_py_bounds(cin, k, large, s
     exact, fused = _centre(_qdq_conv(weight), fused=False), _centre(_qdq_conv(weight), fused=True)
     assert exact == pytest.approx(2 * 255 * 127, abs=1024)
     assert (fused < exact - 10000) == saturates
-    order = kernel_order("Conv", weight.shape, 1)
+    order = kernel_order("Conv", weight.shape)
     matrix = weight.reshape(1, 1, -1) if order is None else weight.reshape(1, 1, -1)[..., order]
     assert (pair_sums(matrix).max() > 128) == saturates
 
 
 def test_kernel_order_puts_channels_innermost():
-    order = kernel_order("Conv", (4, 2, 3, 3), 1)
+    order = kernel_order("Conv", (4, 2, 3, 3))
     matrix_index = np.arange(18).reshape(2, 3, 3)  # (c, kh, kw) as rounding.matrix_view flattens it
     assert list(order[:4]) == [matrix_index[0, 0, 0], matrix_index[1, 0, 0], matrix_index[0, 0, 1], matrix_index[1, 0, 1]]
-    assert kernel_order("Conv", (4, 2, 1, 1), 1) is None and kernel_order("MatMul", (8, 4), 1) is None
+    assert kernel_order("Conv", (4, 2, 1, 1)) is None and kernel_order("MatMul", (8, 4)) is None
 
 
 def test_pair_safe_scales_and_clip_pairs_bound_every_pair():
@@ -110,7 +110,7 @@ def _conv_weights_in_kernel_order(model):
     dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     for node in (n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in dq):
         values = tensors[dq[node.input[1]].input[0]]
-        order = kernel_order("Conv", values.shape, 1)
+        order = kernel_order("Conv", values.shape)
         matrix = values.reshape(1, values.shape[0], -1).astype(np.int64)
         yield node.name, matrix if order is None else matrix[..., order]
 
