@@ -20,7 +20,7 @@ from onnxopt.tune.space import (
 def test_int8_recipe_with_structural_passes_composes_like_the_cli():
     table = knobs(("ort-int8", "ort-fp32"))
     params = {"target": "ort-int8", "int8_max_drop": 0.3, "int8_calibrator": "percentile", "int8_max_fallback": 0.5,
-              "int8_final_layer": "float", "prune_flops": 0.45, "depthwise": True, "depthwise_flops": 0.8}
+              "int8_final_layer": "int8", "prune_flops": 0.45, "depthwise": True, "depthwise_flops": 0.8}
     recipe = recipe_for(params, table)
     assert [p["name"] for p in recipe.extra_passes()] == ["depthwise-separable", "channel-prune"]
     # options equal to the pass's defaults are left out; the others become --set overrides

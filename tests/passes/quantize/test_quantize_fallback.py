@@ -66,10 +66,10 @@ def test_ranking_by_regions_first_finds_the_same_layers(monkeypatch):
     runs = []
     real = int8.relative_error
     monkeypatch.setattr(int8, "relative_error", lambda *a: runs.append(1) or real(*a))
-    every = compile_int8(model, data, options={"max_drop": 0.5}, max_fallback=1.0, sensitivity_candidates=0)
+    every = compile_int8(model, data, options={"max_drop": 0.5}, max_fallback=1.0, sensitivity_candidates=0, final_layer="float")
     one_by_one = len(runs)
     runs.clear()
-    regions = compile_int8(model, data, options={"max_drop": 0.5}, max_fallback=1.0, sensitivity_candidates=1)
+    regions = compile_int8(model, data, options={"max_drop": 0.5}, max_fallback=1.0, sensitivity_candidates=1, final_layer="float")
     float_layers = [{f["node"] for f in r.report.artifacts["quantize"]["float_layers"] if f["why"].startswith("sensitivity")} for r in (every, regions)]
     assert float_layers[0] == float_layers[1] == {"conv1", "conv2"}
     assert one_by_one == 3 and len(runs) == 2 + 2  # two regions ({conv1, conv2}, {gap}), then the first region's layers

@@ -33,7 +33,7 @@ def int8_speed(faster: bool):
 def test_int8_that_cannot_beat_float_keeps_the_float_model_and_says_so():
     model, data = conv_net(), images(16)
     measure, _ = int8_speed(faster=False)
-    result = compile_int8(model, data, options={"measure_speedup": measure}, latency_aware=True, max_drop=-1.0)
+    result = compile_int8(model, data, options={"measure_speedup": measure}, latency_aware=True, max_drop=-1.0, final_layer="float")
     report = result.report.artifacts["quantize"]
     assert "QuantizeLinear" not in ops(result.model) and "DequantizeLinear" not in ops(result.model)
     verdict = report["latency_vs_float"]

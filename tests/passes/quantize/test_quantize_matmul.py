@@ -12,7 +12,7 @@ import onnxopt
 from onnxopt.passes.quantize.nbits import quantize_blocks
 from onnxopt.runtime import run_model
 from tests.conftest import init, make_model, tensor
-from tests.passes.quantize.qmodels import compile_int8, mean_cosine, ops, ort_optimized_ops
+from tests.passes.quantize.qmodels import compile_int8, conv_net, images, mean_cosine, ops, ort_optimized_ops
 
 
 def mlp(k=64, hidden=128, seq=6, seed=0):
@@ -53,6 +53,25 @@ def test_auto_matmul_mode_picks_the_better_variant_and_says_so():
     drops = [float(part.split()[-1].rstrip(")")) for part in mode.split(" vs ")]
     chosen, other = drops
     assert chosen <= other
+
+
+def test_a_cnn_classifier_goes_static_without_measuring_both_modes(monkeypatch):
+    """The classifier of a conv net reads pooled int8 features: static, and no full-model runs spent on the choice."""
+    from onnxopt.passes.quantize import int8
+
+    model, data = conv_net(), images(16)
+    runs = []
+    real = int8.run_all
+    monkeypatch.setattr(int8, "run_all", lambda *a, **k: runs.append(1) or real(*a, **k))
+    result = compile_int8(model, data, matmul="auto", final_layer="int8", max_drop=-1.0, latency_aware=False)
+    report = result.report.artifacts["quantize"]
+    assert report["matmul_mode"].startswith("static (the only candidate is the final classifier")
+    assert len(runs) == 1  # the fidelity of the built model, no static-vs-dynamic pair
+    q = result.model
+    assert "DynamicQuantizeLinear" not in ops(q)
+    gemm = next(n for n in q.graph.node if n.op_type == "Gemm")
+    assert any(n.op_type == "DequantizeLinear" and n.output[0] == gemm.input[1] for n in q.graph.node)  # int8 weight
+    assert mean_cosine(model, q, images(8, seed=5)) > 0.99
 
 
 @pytest.mark.parametrize("bits, tolerance", [(4, 0.12), (8, 0.01)])

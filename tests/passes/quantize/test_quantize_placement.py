@@ -38,7 +38,7 @@ def initializer(model, name):
 
 def test_ort_int8_places_qdq_where_ort_fuses_int8_kernels(tmp_path):
     model, data = conv_net(), images(16)
-    result = compile_int8(model, data, max_drop=-1.0)  # placement only: no accuracy fallback
+    result = compile_int8(model, data, max_drop=-1.0, final_layer="float")  # placement only: no accuracy fallback
     q = result.model
     # every Conv reads a DequantizeLinear on both inputs and its (post-Relu) output is quantized
     for conv in (n for n in q.graph.node if n.op_type == "Conv"):
@@ -50,7 +50,7 @@ def test_ort_int8_places_qdq_where_ort_fuses_int8_kernels(tmp_path):
     assert [c.op_type for c in consumers(q, relu.output[0])] == ["QuantizeLinear"]
     zero = initializer(q, consumers(q, relu.output[0])[0].input[2])
     assert zero.dtype == np.uint8 and zero == 0 and zero.shape == ()  # ReLU output: zero point 0, scalar
-    # fragile ops and the final classifier stay float
+    # fragile ops stay float, and the final classifier when asked
     assert producer(q, "logits").op_type == "Softmax"
     gemm = next(n for n in q.graph.node if n.op_type == "Gemm")
     assert producer(q, gemm.input[1]) is None  # float weight, no DequantizeLinear
@@ -63,7 +63,7 @@ def test_ort_int8_places_qdq_where_ort_fuses_int8_kernels(tmp_path):
 
 def test_trt_int8_follows_tensorrts_explicit_quantization_rules():
     model, data = conv_net(), images(16)
-    q = compile_int8(model, data, target="trt-int8").model
+    q = compile_int8(model, data, target="trt-int8", final_layer="float").model
     assert check_trt_qdq(q) == []
     for node in (n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
         assert initializer(q, node.input[2]).dtype in (np.int8,) and not initializer(q, node.input[2]).any()
