@@ -85,9 +85,14 @@ def make_session(
     spinning: bool = True,
     providers: Sequence[str] | None = None,
     profile_prefix: str | None = None,
+    arena: bool = True,
 ) -> ort.InferenceSession:
-    """An InferenceSession for an in-memory model (big models go through a temporary file)."""
+    """An InferenceSession for an in-memory model (big models go through a temporary file).
+
+    `arena=False` for a session that exposes many intermediate tensors: ORT's CPU arena would keep
+    the peak of all of them reserved for the rest of the process."""
     so = session_options(threads, opt_level, spinning, profile_prefix)
+    so.enable_cpu_mem_arena = arena
     providers = list(providers) if providers else ["CPUExecutionProvider"]
     try:
         if needs_external_data(model):

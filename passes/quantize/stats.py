@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.passes.quantize.collect import progress_bar
 from onnxopt.passes.quantize.histogram import StreamingHistogram
+from onnxopt.passes.quantize.sequential import sample_means
 from onnxopt.passes.reconstruct import layer_input_rows, with_outputs
 from onnxopt.runtime import make_session
 
@@ -51,6 +52,7 @@ class CalibrationStats:
     histograms: dict[str, StreamingHistogram] = field(default_factory=dict)
     layers: dict[str, LayerInputs] = field(default_factory=dict)
     reference: list[dict[str, np.ndarray]] = field(default_factory=list)
+    output_means: dict[str, list[np.ndarray]] = field(default_factory=dict)  # per layer output: each sample's channel means
     samples: int = 0
     passes: int = 0
 
@@ -90,13 +92,16 @@ def collect_statistics(
     rows_per_sample: int = 1024,
     memory_budget: int = 256 << 20,
     seed: int = 0,
+    output_means: list[str] = (),
 ) -> CalibrationStats:
     """Histograms of `activations`, input statistics of `layers` (Gram matrices for `gram_layers`),
-    and the float model's outputs, from as few passes over `data` as the memory budget allows."""
+    the float model's outputs, and the channel means of the `output_means` tensors per sample (for
+    sequential.py), from as few passes over `data` as the memory budget allows."""
     stats = CalibrationStats(histograms={name: StreamingHistogram(bins) for name in dict.fromkeys(activations)})
     samples = data.known_length() if hasattr(data, "known_length") else len(data) if hasattr(data, "__len__") else None
     if samples:
-        short = {name for name in gram_layers if _rows_per_half(layers[name], samples, rows_per_sample) < _columns(layers[name])}
+        short = {name for name in gram_layers
+                 if _rows_per_half(layers[name], min(samples, DEPTHWISE_GRAM_SAMPLES) if _depthwise(layers[name]) else samples, rows_per_sample) < _columns(layers[name])}
         for name in short:
             stats.layers[name] = LayerInputs(too_few_rows=True)
         gram_layers = set(gram_layers) - short
@@ -105,10 +110,10 @@ def collect_statistics(
     for index, chunk in enumerate(_chunks(layers, gram_layers, memory_budget)):
         first = index == 0
         inputs = {name: layers[name].inputs[0].name for name in chunk}
-        wanted = list(dict.fromkeys((list(stats.histograms) + outputs if first else []) + list(inputs.values())))
+        wanted = list(dict.fromkeys((list(stats.histograms) + outputs + list(output_means) if first else []) + list(inputs.values())))
         if not wanted:
             continue
-        session = make_session(with_outputs(model, wanted), opt_level="basic")
+        session = make_session(with_outputs(model, wanted), opt_level="basic", arena=False)
         stats.passes += 1
         progress = progress_bar()
         with progress:
@@ -120,10 +125,13 @@ def collect_statistics(
                     for name, hist in stats.histograms.items():
                         hist.update(values[name])
                     stats.reference.append({name: values[name] for name in outputs})
+                    for name in output_means:
+                        stats.output_means.setdefault(name, []).append(sample_means(values[name]))
                     stats.samples += 1
                 for name in chunk:
+                    gram = name in gram_layers and (i < DEPTHWISE_GRAM_SAMPLES or not _depthwise(layers[name]))
                     _update_layer(stats.layers.setdefault(name, LayerInputs()), layers[name], values[inputs[name]],
-                                  name in gram_layers, i % 2 == 0, rows_per_sample, rng)
+                                  gram, i % 2 == 0, rows_per_sample, rng)
                 progress.advance(task)
         del session
     return stats
@@ -131,6 +139,11 @@ def collect_statistics(
 
 ROWS_PER_COLUMN = 32  # rows sampled per sample and input column: plenty for a K x K Gram matrix over many samples
 MIN_ROWS = 256
+DEPTHWISE_GRAM_SAMPLES = 16  # a depthwise conv's 9 or 25 column Gram matrices settle within 16 samples, and took most of the Gram time (its mean still sees every sample: bias correction needs it)
+
+
+def _depthwise(node: gs.Node) -> bool:
+    return node.op == "Conv" and int(node.attrs.get("group", 1)) > 1
 
 
 def _columns(node: gs.Node) -> int:

@@ -78,3 +78,33 @@ def test_a_settled_first_round_stops_and_a_close_one_is_pooled_to_all_pairs():
     close = settled_speedup(timings(1.0), None, None, {}, lambda c: c.ci_high < 1.0, iters=30)
     assert calls == [10, 20] and close.pairs == 30 and len(close.baseline_seconds) == 30
     assert close.ci_low <= close.speedup <= close.ci_high and close.speedup >= 1.0
+
+
+def test_a_one_node_category_with_a_sliver_of_the_macs_is_not_measured():
+    """conv_net's classifier Gemm is its own category, one node and well under 2% of the MACs: a paired
+    measurement could not resolve it, so it stays int8 unmeasured; the convs are still measured."""
+    model, data = conv_net(), images(16)
+    measure, calls = int8_speed(faster=True)
+    result = compile_int8(model, data, options={"measure_speedup": measure}, latency_aware=True, max_drop=-1.0, final_layer="int8")
+    log = {entry["category"]: entry for entry in result.report.artifacts["quantize"]["latency_by_category"]}
+    assert log["Gemm"]["decision"] == "int8" and "not measured" in log["Gemm"]["why"]
+    assert "float_vs_int8_speedup" in log["Conv"]  # measured
+    measured = [e for e in log.values() if "float_vs_int8_speedup" in e]
+    assert len(calls) == len(measured) + 1  # one comparison per measured category, then the whole-model check
+
+
+def test_paired_speedup_reuses_the_session_of_a_model_it_just_measured(monkeypatch):
+    from onnxopt.passes.quantize import latency
+
+    model, variant_a, variant_b = conv_net(seed=0), conv_net(seed=1), conv_net(seed=2)
+    created = []
+    real = latency.make_session
+    monkeypatch.setattr(latency, "make_session", lambda m, **k: created.append(m) or real(m, **k))
+    feeds = images(1)[0]
+    latency.release_sessions()
+    latency.paired_speedup(model, variant_a, feeds, iters=2)
+    latency.paired_speedup(model, variant_b, feeds, iters=2)
+    assert [m is model for m in created] == [True, False, False]  # `model` once, each variant once
+    latency.release_sessions()
+    latency.paired_speedup(model, variant_a, feeds, iters=2)
+    assert len(created) == 5  # released: both made again

@@ -63,7 +63,7 @@ def test_a_cnn_classifier_goes_static_without_measuring_both_modes(monkeypatch):
     runs = []
     real = int8.run_all
     monkeypatch.setattr(int8, "run_all", lambda *a, **k: runs.append(1) or real(*a, **k))
-    result = compile_int8(model, data, matmul="auto", final_layer="int8", max_drop=-1.0, latency_aware=False)
+    result = compile_int8(model, data, matmul="auto", final_layer="int8", max_drop=-1.0, latency_aware=False, sequential_correction=False)
     report = result.report.artifacts["quantize"]
     assert report["matmul_mode"].startswith("static (the only candidate is the final classifier")
     assert len(runs) == 1  # the fidelity of the built model, no static-vs-dynamic pair
