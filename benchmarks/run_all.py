@@ -33,6 +33,19 @@ README = HERE / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
+def _results_time(path: Path) -> dt.datetime:
+    """When a results file was written: its last commit's time if the file is committed unchanged (a
+    fresh clone's files all carry the checkout time), else its modification time."""
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(path)], capture_output=True, text=True, cwd=path.parent, check=True).stdout.strip()
+        stamp = subprocess.run(["git", "log", "-1", "--format=%ct", "--", str(path)], capture_output=True, text=True, cwd=path.parent, check=True).stdout.strip()
+        if not dirty and stamp:
+            return dt.datetime.fromtimestamp(int(stamp))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return dt.datetime.fromtimestamp(path.stat().st_mtime)
+
+
 def scripts(only: list[str] | None) -> list[Path]:
     found = sorted(HERE.glob("bench_*.py"))
     if only:
@@ -108,7 +121,7 @@ def collect(statuses: list[dict], quick: bool) -> str:
         if name in by_name and not by_name[name]["fresh"]:
             note = f"_Stale: the last run of bench_{name}.py {by_name[name]['status']}; these are older numbers._\n\n"
         elif name not in by_name:
-            stamp = dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+            stamp = _results_time(path).strftime("%Y-%m-%d %H:%M")
             note = f"_Not rerun this time; results from {stamp}._\n\n"
         body = path.read_text(encoding="utf-8").strip()
         body = re.sub(r"^(#{1,5}) ", lambda m: "#" * max(len(m.group(1)), 3) + " ", body, flags=re.M)  # sit under the README's headings
