@@ -30,7 +30,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.costs import node_macs
-from onnxopt.errors import CalibrationError, ConfigError
+from onnxopt.errors import BackendError, CalibrationError, ConfigError
 from onnxopt.graphs import export_model, import_graph
 from onnxopt.passes.fusion.batchnorm import FoldConvBatchNorm
 from onnxopt.passes.fusion.pad import MergePadConv
@@ -89,7 +89,7 @@ class QuantizeInt8Config:
     latency_iters: int = option(30, "paired runs per latency measurement")
     latency_regions: int = option(4, "contiguous regions the never-slower-than-float check decides on when the int8 model is not faster")
     reduce_range: Literal["auto", "pairs", "on", "off"] = option("auto", "ORT's AVX2 int8 GEMM kernels add u8 x s8 products of adjacent weights into int16 with saturation. pairs: 8-bit weights whose adjacent pairs (in the kernel's order) keep |q1| + |q2| <= 128, which cannot saturate; on: 7-bit weights (-63..63), the blunt guard; off: plain 8-bit. Depthwise convs keep plain 8 bits (their kernel sums in int32). auto: pairs on x86 CPUs without VNNI, else off")
-    sequential_samples: int = option(16, "calibration samples the sequential correction measures on (its time and memory grow with them)")
+    sequential_samples: int = option(16, "calibration samples the sequential correction measures on (every other one, at most this many); the rest check that it helps (its time and memory grow with them)")
     bins: int = option(4096, "histogram bins per activation tensor")
     gptq_damp: float = option(0.05, "GPTQ damping, as a fraction of the mean diagonal of the inputs' Gram matrix (one value: each one tried costs a GPTQ run per layer)")
     gptq_max_columns: int = option(4608, "layers with more inputs per output channel are rounded to nearest")
@@ -212,9 +212,9 @@ class QuantizeInt8(Pass):
             model, summary, verdict = self._never_slower(state, model, summary, fidelity, data, ctx)
             release_sessions()
             clock.lap("never_slower")
-        shifted = {}
+        sequential = None
         if cfg.sequential_correction and not (verdict or {}).get("kept_float"):
-            model, summary, shifted = self._correct_sequentially(state, model, summary, fidelity, data, stats.output_means)
+            model, summary, sequential = self._correct_sequentially(state, model, summary, fidelity, data, stats.output_means, ctx)
             clock.lap("sequential_correction")
         self._replace(graph, model)
         report = {
@@ -224,7 +224,7 @@ class QuantizeInt8(Pass):
             "rounding_chosen": _count(rounding.values()),
             "weight_range": WEIGHT_RANGES[weight_range],
             "bias_correction": cfg.bias_correction,
-            "sequential_correction": {"layers_shifted": len(shifted), "channels_shifted": sum(int(np.count_nonzero(v)) for v in shifted.values())},
+            "sequential_correction": sequential,
             "matmul_mode": choice,
             "calibration_samples": seen,
             "int8_nodes": len(state.quantized_nodes()),
@@ -339,17 +339,31 @@ class QuantizeInt8(Pass):
             base = np.asarray(node.inputs[2].values, np.float32) if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) else np.zeros_like(shift)
             state.weights[name].bias = (base + shift).astype(np.float32)
 
-    def _correct_sequentially(self, state: _State, model, summary, fidelity: Fidelity, data, reference):
-        """Each int8 layer's mean output matched to the float model's, one layer after the other (sequential.py)."""
+    def _correct_sequentially(self, state: _State, model, summary, fidelity: Fidelity, data, reference, ctx: PassContext):
+        """Each int8 layer's mean output matched to the float model's, one layer after the other (sequential.py),
+        measured on every other calibration sample and kept only if the others, held out, agree it helps.
+        (Measured on the first 16 of 32 samples, which came from fewer sources, PP-OCR's recognizer lost held-out
+        cosine, 0.9960 -> 0.9943, and the check rejected it; every other sample, it gains: 0.9968.)"""
+        report = {"layers_shifted": 0, "channels_shifted": 0}
         nodes = {n.name: n for n in state.graph.nodes}
         plan = state.plan_now()
         layers = {nodes[name].outputs[0].name: name for name, spec in plan.weights.items() if _bias_correctable(nodes[name], spec)
                   and nodes[name].outputs[0].name in reference}
-        if not layers or any(attr.g.node or attr.graphs for node in model.graph.node for attr in node.attribute):
-            return model, summary, {}  # no static int8 layer with a bias; or subgraphs, which segments cannot cut
-        shifts = sequential_shifts(model, reference, list(layers), data, max_samples=self.config.sequential_samples)
+        samples = list(data)
+        # every other sample measures, the rest check: calibration sets often come in runs from one source (crops of one photo)
+        fit_index = list(range(0, len(samples), 2))[: self.config.sequential_samples]
+        check_index = [i for i in range(len(samples)) if i not in set(fit_index)]
+        if not layers or len(fit_index) < 2 or not check_index or any(attr.g.node or attr.graphs for node in model.graph.node for attr in node.attribute):
+            return model, summary, report  # nothing to shift, too few samples to also check it, or subgraphs segments cannot cut
+        try:
+            shifts = sequential_shifts(model, {t: [m[i] for i in fit_index] for t, m in reference.items() if t in layers}, list(layers),
+                                       [samples[i] for i in fit_index])
+        except BackendError as exc:  # a refinement: a segment ORT cannot run leaves the model as it was, and says so
+            ctx.warn(f"{self.name}: sequential correction skipped ({exc})")
+            return model, summary, report
         if not shifts:
-            return model, summary, {}
+            return model, summary, report
+        previous = {layers[t]: state.weights[layers[t]].bias for t in shifts}
         for tensor, shift in shifts.items():
             name = layers[tensor]
             node, qw = nodes[name], state.weights[name]
@@ -360,8 +374,17 @@ class QuantizeInt8(Pass):
             else:
                 base = np.zeros_like(shift)
             qw.bias = (base + shift).astype(np.float32)
-        model = state.build()
-        return model, fidelity.summary(run_all(model, data)), shifts
+        corrected = state.build()
+        outputs = run_all(corrected, samples)
+        held_out = Fidelity([fidelity.reference[i] for i in check_index], "cosine")  # cosine whatever the budget's metric: a user metric may need every sample
+        before, after = held_out.drop(run_all(model, [samples[i] for i in check_index])), held_out.drop([outputs[i] for i in check_index])
+        report.update(held_out_drop_before=round(before, 5), held_out_drop_after=round(after, 5), kept=after <= before)
+        if after > before:
+            for name, bias in previous.items():
+                state.weights[name].bias = bias
+            return model, summary, report
+        report.update(layers_shifted=len(shifts), channels_shifted=sum(int(np.count_nonzero(v)) for v in shifts.values()))
+        return corrected, fidelity.summary(outputs), report
 
     def _latency_fallback(self, state: _State, data, ctx: PassContext) -> None:
         """Leave float the op categories that measure slower in int8, in the model, on this machine."""

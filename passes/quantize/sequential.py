@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxopt.errors import BackendError
 from onnxopt.runtime import make_session
 
 Feeds = dict[str, np.ndarray]
@@ -37,12 +38,12 @@ def sample_means(value: np.ndarray) -> np.ndarray:
 
 
 def sequential_shifts(qmodel: onnx.ModelProto, reference: dict[str, list[np.ndarray]], layers: list[str], data: Iterable[Feeds], *,
-                      z: float = 3.0, max_samples: int | None = None) -> dict[str, np.ndarray]:
+                      z: float = 3.0) -> dict[str, np.ndarray]:
     """For each named layer output of `qmodel`: the shift per channel that makes its mean over the
     calibration samples equal the float model's (`reference`: each sample's channel means, from the
     statistics pass), measured with the shifts of the layers before it applied. Channels whose mean error is within `z` standard errors
     (across samples) of zero get no shift: noise, not bias."""
-    samples = list(data)[:max_samples]
+    samples = list(data)
     if not layers or len(samples) < 2:
         return {}
     shifts: dict[str, np.ndarray] = {}
@@ -86,7 +87,11 @@ def _segments(model: onnx.ModelProto, layers: list[str], samples: list[Feeds]):
         wanted = [out for i in part for out in nodes[i].output if out and (readers.get(out, set()) - done or out == layer)]
         segment = _segment_model(model, [nodes[i] for i in part], inputs, wanted, initializers, {name: cache[name][0] for name in inputs})
         session = make_session(segment, opt_level="basic", arena=False)
-        results = [session.run(wanted, {name: cache[name][k] for name in inputs}) for k in range(len(samples))]
+        try:
+            results = [session.run(wanted, {name: cache[name][k] for name in inputs}) for k in range(len(samples))]
+        except Exception as exc:  # ORT's own error types; the caller decides what a failed segment means
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"onnxruntime failed on the segment ending at {layer}: {first}") from None
         for j, out in enumerate(wanted):
             cache[out] = [r[j] for r in results]
         del results, session

@@ -81,3 +81,19 @@ def test_int8_with_sequential_correction_is_closer_to_float_on_held_out_inputs()
     assert report["layers_shifted"] >= 1 and report["channels_shifted"] >= 1
     before, after = 1 - mean_cosine(model, plain.model, held_out), 1 - mean_cosine(model, corrected.model, held_out)
     assert after < before
+
+
+def test_a_segment_onnxruntime_cannot_run_skips_the_correction_with_a_warning(monkeypatch):
+    from onnxopt.errors import BackendError
+    from onnxopt.passes.quantize import int8
+
+    def failing(*args, **kwargs):
+        raise BackendError("onnxruntime failed on the segment ending at c1: test")
+
+    monkeypatch.setattr(int8, "sequential_shifts", failing)
+    model = mobile_block()
+    data = [{"x": f["x"] * 2} for f in images(8, shape=(1, 3, 16, 16))]
+    result = compile_int8(model, data, max_drop=-1.0, latency_aware=False)
+    assert result.report.artifacts["quantize"]["sequential_correction"]["layers_shifted"] == 0
+    assert any("sequential correction skipped" in w for w in result.report.warnings)
+    assert "QuantizeLinear" in ops(result.model)  # still the int8 model
