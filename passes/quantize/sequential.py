@@ -10,7 +10,7 @@ held-out cosine from 0.998 to 0.986). Corrected one after the other, in graph or
 measured with every earlier correction applied, the same shifts raise it to 0.9989.
 
 Done naively that is one full run over the calibration data per layer. Here the int8 model runs
-in segments, one per layer (the nodes after the previous layer up to this one), over cached
+in segments, one per layer (what the layer depends on that has not run yet), over cached
 activations: the data pass through the model once, and each layer's correction is applied to
 the cached output before the segments after it read it.
 """
@@ -41,8 +41,8 @@ def sequential_shifts(qmodel: onnx.ModelProto, reference: dict[str, list[np.ndar
                       z: float = 3.0) -> dict[str, np.ndarray]:
     """For each named layer output of `qmodel`: the shift per channel that makes its mean over the
     calibration samples equal the float model's (`reference`: each sample's channel means, from the
-    statistics pass), measured with the shifts of the layers before it applied. Channels whose mean error is within `z` standard errors
-    (across samples) of zero get no shift: noise, not bias."""
+    statistics pass), measured with the shifts of the layers before it applied. Channels whose mean
+    error is within `z` standard errors (across samples) of zero get no shift: noise, not bias."""
     samples = list(data)
     if not layers or len(samples) < 2:
         return {}
