@@ -335,9 +335,7 @@ class QuantizeInt8(Pass):
         if not specs:
             return
         for name, shift in bias_corrections(state.graph, specs, state.weights, stats).items():
-            node = nodes[name]
-            base = np.asarray(node.inputs[2].values, np.float32) if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) else np.zeros_like(shift)
-            state.weights[name].bias = (base + shift).astype(np.float32)
+            _shift_bias(nodes[name], state.weights[name], shift)
 
     def _correct_sequentially(self, state: _State, model, summary, fidelity: Fidelity, data, reference, ctx: PassContext):
         """Each int8 layer's mean output matched to the float model's, one layer after the other (sequential.py),
@@ -365,15 +363,7 @@ class QuantizeInt8(Pass):
             return model, summary, report
         previous = {layers[t]: state.weights[layers[t]].bias for t in shifts}
         for tensor, shift in shifts.items():
-            name = layers[tensor]
-            node, qw = nodes[name], state.weights[name]
-            if qw.bias is not None:
-                base = qw.bias
-            elif len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
-                base = np.asarray(node.inputs[2].values, np.float32)
-            else:
-                base = np.zeros_like(shift)
-            qw.bias = (base + shift).astype(np.float32)
+            _shift_bias(nodes[layers[tensor]], state.weights[layers[tensor]], shift)
         corrected = state.build()
         outputs = run_all(corrected, samples)
         held_out = Fidelity([fidelity.reference[i] for i in check_index], "cosine")  # cosine whatever the budget's metric: a user metric may need every sample
@@ -474,17 +464,16 @@ class QuantizeInt8(Pass):
         position = {n.name: i for i, n in enumerate(state.graph.nodes)}
         layers.sort(key=lambda n: position.get(n, len(position)))
 
-        def only_int8(groups: list[list[str]]) -> list[float]:
-            """Each group's score: the output error with only its layers in int8."""
-            return [relative_error(sub_reference, run_all(state.build(extra_float=set(layers) - set(group)), subset, opt_level="disable"))
-                    for group in groups]
+        def only_int8(names) -> float:
+            model = state.build(extra_float=set(layers) - set(names))
+            return relative_error(sub_reference, run_all(model, subset, opt_level="disable"))
 
         regions = [[n] for n in layers]
         region_score: dict[str, float] = {}
         candidates = layers
         if 0 < cfg.sensitivity_candidates < len(layers):  # regions first, then the layers of the most sensitive ones
             regions = [list(r) for r in np.array_split(np.array(layers, dtype=object), max(2, round(len(layers) ** 0.5))) if len(r)]
-            scored = sorted(zip(only_int8(regions), regions), key=lambda t: -t[0])
+            scored = sorted(((only_int8(r), r) for r in regions), key=lambda t: -t[0])
             regions = [r for _, r in scored]
             region_score = {n: score for score, r in scored for n in r}
             candidates = []
@@ -492,7 +481,7 @@ class QuantizeInt8(Pass):
                 if len(candidates) >= cfg.sensitivity_candidates:
                     break
                 candidates += region
-        scores = dict(zip(candidates, only_int8([[name] for name in candidates])))
+        scores = {name: only_int8([name]) for name in candidates}
         order = sorted(candidates, key=lambda n: -scores[n]) + [n for r in regions for n in r if n not in scores]
         limit = max(1, int(len(layers) * cfg.max_fallback))
         steps = sorted(set(list(range(1, 9)) + [round(8 * 1.5**i) for i in range(1, 20)]))
@@ -568,6 +557,17 @@ def _take(data, n):
         if i >= n:
             return
         yield feeds
+
+
+def _shift_bias(node: gs.Node, qw: QuantWeight, shift: np.ndarray) -> None:
+    """The layer's bias as the int8 model will use it (a correction's, else the node's, else none) plus `shift`."""
+    if qw.bias is not None:
+        base = qw.bias
+    elif len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
+        base = np.asarray(node.inputs[2].values, np.float32)
+    else:
+        base = np.zeros_like(shift)
+    qw.bias = (base + shift).astype(np.float32)
 
 
 def _bias_correctable(node: gs.Node, spec) -> bool:

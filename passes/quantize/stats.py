@@ -101,7 +101,7 @@ def collect_statistics(
     samples = data.known_length() if hasattr(data, "known_length") else len(data) if hasattr(data, "__len__") else None
     if samples:
         short = {name for name in gram_layers
-                 if _rows_per_half(layers[name], min(samples, DEPTHWISE_GRAM_SAMPLES) if _depthwise(layers[name]) else samples, rows_per_sample) < _columns(layers[name])}
+                 if _rows_per_half(layers[name], min(samples, DEPTHWISE_GRAM_SAMPLES) if _grouped(layers[name]) else samples, rows_per_sample) < _columns(layers[name])}
         for name in short:
             stats.layers[name] = LayerInputs(too_few_rows=True)
         gram_layers = set(gram_layers) - short
@@ -129,7 +129,7 @@ def collect_statistics(
                         stats.output_means.setdefault(name, []).append(sample_means(values[name]))
                     stats.samples += 1
                 for name in chunk:
-                    gram = name in gram_layers and (i < DEPTHWISE_GRAM_SAMPLES or not _depthwise(layers[name]))
+                    gram = name in gram_layers and (i < DEPTHWISE_GRAM_SAMPLES or not _grouped(layers[name]))
                     _update_layer(stats.layers.setdefault(name, LayerInputs()), layers[name], values[inputs[name]],
                                   gram, i % 2 == 0, rows_per_sample, rng)
                 progress.advance(task)
@@ -139,10 +139,10 @@ def collect_statistics(
 
 ROWS_PER_COLUMN = 32  # rows sampled per sample and input column: plenty for a K x K Gram matrix over many samples
 MIN_ROWS = 256
-DEPTHWISE_GRAM_SAMPLES = 16  # a depthwise conv's 9 or 25 column Gram matrices settle within 16 samples, and took most of the Gram time (its mean still sees every sample: bias correction needs it)
+DEPTHWISE_GRAM_SAMPLES = 16  # a depthwise (or other grouped) conv's 9 or 25 column Gram matrices settle within 16 samples, and took most of the Gram time (its mean still sees every sample: bias correction needs it)
 
 
-def _depthwise(node: gs.Node) -> bool:
+def _grouped(node: gs.Node) -> bool:
     return node.op == "Conv" and int(node.attrs.get("group", 1)) > 1
 
 
