@@ -350,7 +350,7 @@ class QuantizeInt8(Pass):
         samples = list(data)
         # every other sample measures, the rest check: calibration sets often come in runs from one source (crops of one photo)
         fit_index = list(range(0, len(samples), 2))[: self.config.sequential_samples]
-        check_index = [i for i in range(len(samples)) if i not in set(fit_index)]
+        check_index = sorted(set(range(len(samples))) - set(fit_index))
         if not layers or len(fit_index) < 2 or not check_index or any(attr.g.node or attr.graphs for node in model.graph.node for attr in node.attribute):
             return model, summary, report  # nothing to shift, too few samples to also check it, or subgraphs segments cannot cut
         try:
