@@ -45,6 +45,66 @@ def default_threads(count: int) -> Iterator[None]:
         _default_threads = previous
 
 
+_shared: SharedWeights | None = None  # weights sessions created meanwhile take from memory (shared_weights)
+
+
+class SharedWeights:
+    """A model's large initializers as OrtValues, for sessions of models that carry the same tensors.
+
+    int8's fallback and latency stages start dozens of sessions of variants of one float model:
+    serializing its weights into every model's bytes and parsing them back was most of each
+    session's start (EfficientNet-Lite0: 52 -> 23 ms). An initializer is taken from here only
+    where its name and bytes both match; any other tensor travels in the model as usual.
+    """
+
+    MIN_BYTES = 4096
+
+    def __init__(self, model: onnx.ModelProto):
+        self.tensors: dict[str, tuple[bytes, ort.OrtValue]] = {}
+        for init in model.graph.initializer:
+            if init.data_location == onnx.TensorProto.EXTERNAL or len(init.raw_data) < self.MIN_BYTES:
+                continue
+            raw = init.raw_data
+            array = np.frombuffer(raw, dtype=onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).reshape(tuple(init.dims))
+            self.tensors[init.name] = (raw, ort.OrtValue.ortvalue_from_numpy(array))
+
+    def serialize(self, model: onnx.ModelProto, so: ort.SessionOptions) -> bytes:
+        """The model's bytes with the matching initializers left out (marked external and handed to
+        `so` instead); the model itself is as it was when this returns."""
+        taken = []
+        try:
+            for init in model.graph.initializer:
+                entry = self.tensors.get(init.name)
+                if entry is None or init.data_location == onnx.TensorProto.EXTERNAL or init.raw_data != entry[0]:
+                    continue
+                init.ClearField("raw_data")
+                init.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", "in-memory"), ("offset", "0"), ("length", str(len(entry[0])))):
+                    item = init.external_data.add()
+                    item.key, item.value = key, value
+                taken.append(init)
+            payload = model.SerializeToString()
+        finally:
+            for init in taken:
+                del init.external_data[:]
+                init.ClearField("data_location")
+                init.raw_data = self.tensors[init.name][0]
+        if taken:
+            so.add_external_initializers([init.name for init in taken], [self.tensors[init.name][1] for init in taken])
+        return payload
+
+
+@contextmanager
+def shared_weights(model: onnx.ModelProto) -> Iterator[None]:
+    """Sessions created meanwhile take `model`'s large initializers from memory where theirs match."""
+    global _shared
+    previous, _shared = _shared, SharedWeights(model)
+    try:
+        yield
+    finally:
+        _shared = previous
+
+
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -100,7 +160,8 @@ def make_session(
                 path = os.path.join(tmp, "model.onnx")
                 save_model(model, path, external_data=True)
                 return ort.InferenceSession(path, so, providers=providers)
-        return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        payload = _shared.serialize(model, so) if _shared is not None else model.SerializeToString()
+        return ort.InferenceSession(payload, so, providers=providers)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendError(f"onnxruntime cannot load the model: {first}") from None

@@ -43,3 +43,35 @@ def test_errors_are_one_line():
 def test_cpu_is_always_a_provider():
     assert best_providers(allow_gpu=False) == ["CPUExecutionProvider"]
     assert best_providers()[-1] == "CPUExecutionProvider"
+
+
+def test_shared_weights_stand_in_only_for_identical_tensors():
+    """Sessions under shared_weights take matching large initializers from memory: same outputs, the
+    model left byte for byte as it was, and a tensor whose bytes differ travels in the model."""
+    import onnx
+
+    from onnxopt.runtime import SharedWeights, shared_weights
+
+    r = np.random.default_rng(0)
+    w1, w2 = r.standard_normal((64, 64)).astype(np.float32), r.standard_normal((64, 64)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])]
+
+    def model(second):
+        return make_model(nodes, [tensor("x", [2, 64])], [tensor("y", [2, 64])], [init("w1", w1), init("w2", second)])
+
+    x = r.standard_normal((2, 64)).astype(np.float32)
+    original, variant = model(w2), model(w2 * 2)  # the variant shares w1 only
+    expected = [run_session(make_session(m), {"x": x})["y"] for m in (original, variant)]
+    before = variant.SerializeToString()
+
+    so = session_options()
+    payload = SharedWeights(original).serialize(variant, so)
+    assert len(payload) < len(before) - w1.nbytes + 1024  # w1 left the bytes, w2 did not
+    assert len(payload) > w2.nbytes
+    assert variant.SerializeToString() == before
+
+    with shared_weights(original):
+        got = [run_session(make_session(m), {"x": x})["y"] for m in (original, variant)]
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e, g)
+    assert variant.SerializeToString() == before and onnx.checker.check_model(variant) is None
