@@ -19,6 +19,8 @@ by typed graph inputs.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from typing import Iterator
 
@@ -139,12 +141,15 @@ def _check_order(graph, reads, producer, defined, where) -> None:
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
-    count = int(np.prod(tensor.dims, dtype=np.float64))
+    return math.prod(tensor.dims) * _itemsize(tensor.data_type)  # math.prod, cached sizes: every session start sizes every tensor
+
+
+@functools.lru_cache(maxsize=None)
+def _itemsize(data_type: int) -> int:
     try:
-        size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
     except (KeyError, TypeError, ValueError):
-        size = 1
-    return count * size
+        return 1
 
 
 def _is_large(init: onnx.TensorProto) -> bool:
