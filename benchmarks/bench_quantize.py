@@ -36,8 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS threads fight ORT's on small machines
-
 import numpy as np
 import onnx
 

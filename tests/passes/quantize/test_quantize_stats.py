@@ -72,13 +72,17 @@ def test_sampled_conv_rows_are_the_rows_of_the_full_unfolding():
     r = np.random.default_rng(0)
     cases = [({"group": 3, "pads": [1, 0, 1, 2], "strides": [2, 1]}, (6, 2, 3, 3), (2, 6, 17, 15)),
              ({"pads": [1, 1, 1, 1], "dilations": [2, 2]}, (4, 3, 3, 3), (1, 3, 20, 20)),
-             ({}, (5, 8, 1, 1), (1, 8, 30, 30))]
+             ({}, (5, 8, 1, 1), (1, 8, 30, 30)),
+             ({"group": 16, "pads": [2, 2, 2, 2], "strides": [2, 2]}, (16, 1, 5, 5), (2, 16, 21, 21)),  # depthwise
+             ({"group": 8, "pads": [1, 1, 1, 1]}, (8, 1, 3, 3), (1, 8, 6, 6))]  # 36 positions: every one, no draw
     for attrs, wshape, xshape in cases:
         x = r.standard_normal(xshape).astype(np.float32)
         node = gs.Node("Conv", attrs=attrs, inputs=[gs.Variable("x"), gs.Constant("w", np.zeros(wshape, np.float32))], outputs=[gs.Variable("y")])
-        sampled = _input_rows(x, node, 100, np.random.default_rng(3))
-        full = layer_input_rows(x, "Conv", attrs, wshape, max_rows=100, rng=np.random.default_rng(3))
+        ours, theirs = np.random.default_rng(3), np.random.default_rng(3)
+        sampled = _input_rows(x, node, 100, ours)
+        full = layer_input_rows(x, "Conv", attrs, wshape, max_rows=100, rng=theirs)
         np.testing.assert_array_equal(sampled, full)
+        assert ours.random() == theirs.random()  # the same draws: later layers sample the same rows too
 
 
 def test_layer_input_means_for_bias_correction():
