@@ -13,8 +13,11 @@ a large model costs more passes over the data, never more memory.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx
@@ -106,7 +109,7 @@ def collect_statistics(
             stats.layers[name] = LayerInputs(too_few_rows=True)
         gram_layers = set(gram_layers) - short
     outputs = [o.name for o in model.graph.output]
-    rng = np.random.default_rng(seed)
+    rngs = {name: np.random.default_rng([seed, i]) for i, name in enumerate(layers)}  # one stream per layer: the threads' order cannot change a draw
     for index, chunk in enumerate(_chunks(layers, gram_layers, memory_budget)):
         first = index == 0
         inputs = {name: layers[name].inputs[0].name for name in chunk}
@@ -116,27 +119,30 @@ def collect_statistics(
         session = make_session(with_outputs(model, wanted), opt_level="basic", arena=False)
         stats.passes += 1
         progress = progress_bar()
-        with progress:
+        with progress, ThreadPoolExecutor(NUMPY_THREADS) as pool:
             task = progress.add_task("calibrating" if first else f"layer statistics ({len(chunk)} layers)",
                                      total=data.known_length() if hasattr(data, "known_length") else None)
             for i, feeds in enumerate(data):
                 values = dict(zip(wanted, session.run(wanted, feeds)))
+                jobs = []
                 if first:
-                    for name, hist in stats.histograms.items():
-                        hist.update(values[name])
+                    jobs += [partial(hist.update, values[name]) for name, hist in stats.histograms.items()]
                     stats.reference.append({name: values[name] for name in outputs})
                     for name in output_means:
                         stats.output_means.setdefault(name, []).append(sample_means(values[name]))
                     stats.samples += 1
                 for name in chunk:
                     gram = name in gram_layers and (i < DEPTHWISE_GRAM_SAMPLES or not _grouped(layers[name]))
-                    _update_layer(stats.layers.setdefault(name, LayerInputs()), layers[name], values[inputs[name]],
-                                  gram, i % 2 == 0, rows_per_sample, rng)
+                    jobs.append(partial(_update_layer, stats.layers.setdefault(name, LayerInputs()), layers[name], values[inputs[name]],
+                                        gram, i % 2 == 0, rows_per_sample, rngs[name]))
+                for done in [pool.submit(job) for job in jobs]:
+                    done.result()  # a job's error surfaces here
                 progress.advance(task)
         del session
     return stats
 
 
+NUMPY_THREADS = min(4, os.cpu_count() or 1)  # layers' statistics (and GPTQ) side by side: numpy releases the GIL in its loops
 ROWS_PER_COLUMN = 32  # rows sampled per sample and input column: plenty for a K x K Gram matrix over many samples
 MIN_ROWS = 256
 DEPTHWISE_GRAM_SAMPLES = 16  # a depthwise (or other grouped) conv's 9 or 25 column Gram matrices settle within 16 samples, and took most of the Gram time (its mean still sees every sample: bias correction needs it)

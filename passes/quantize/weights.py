@@ -13,6 +13,8 @@ weights make on the layer's real (float) inputs, from the same statistics.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -22,7 +24,7 @@ from onnxopt.passes.quantize.pairs import PAIR_LIMIT, clip_pairs, kernel_order, 
 from onnxopt.passes.quantize.placement import WeightSpec
 from onnxopt.passes.quantize.qdq import QuantWeight
 from onnxopt.passes.quantize.rounding import from_matrix_view, gptq, matrix_view
-from onnxopt.passes.quantize.stats import CalibrationStats
+from onnxopt.passes.quantize.stats import NUMPY_THREADS, CalibrationStats
 
 
 def round_to_nearest(node: gs.Node, spec: WeightSpec, method: str, qmax: int = 127, pairs: bool = False) -> QuantWeight:
@@ -103,22 +105,20 @@ def gptq_weights(
     per node which rounding won; `qmax` bounds a node's integers (127 unless given), nodes in
     `pairs` keep adjacent pairs saturation-free (pairs.py)."""
     nodes = {n.name: n for n in graph.nodes}
-    result: dict[str, QuantWeight] = {}
-    choices: dict[str, str] = {}
-    for name, spec in specs.items():
-        layer = stats.layers.get(name)
+
+    def one(name: str) -> tuple[QuantWeight, str]:
+        spec, layer, bound = specs[name], stats.layers.get(name), (qmax or {}).get(name, 127)
         too_few_rows = layer is not None and (layer.too_few_rows or (layer.fit is not None and min(layer.fit_rows, layer.held_out_rows) < layer.fit.shape[-1]))
-        if not too_few_rows and (layer is None or layer.fit is None or not gptq_ready(nodes[name], spec, max_columns)):
-            result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127), name in pairs)
-            choices[name] = "nearest (GPTQ does not apply)"
-            continue
         if too_few_rows:
-            result[name] = round_to_nearest(nodes[name], spec, scale_method, (qmax or {}).get(name, 127), name in pairs)
-            choices[name] = "nearest (fewer calibration rows than inputs: GPTQ would fit directions no sample shows)"
-            continue
-        result[name], choices[name] = _validated_gptq(nodes[name], spec, layer.fit, layer.held_out, scale_method, damps, (qmax or {}).get(name, 127),
-                                                      name in pairs)
-    return result, choices
+            return (round_to_nearest(nodes[name], spec, scale_method, bound, name in pairs),
+                    "nearest (fewer calibration rows than inputs: GPTQ would fit directions no sample shows)")
+        if layer is None or layer.fit is None or not gptq_ready(nodes[name], spec, max_columns):
+            return round_to_nearest(nodes[name], spec, scale_method, bound, name in pairs), "nearest (GPTQ does not apply)"
+        return _validated_gptq(nodes[name], spec, layer.fit, layer.held_out, scale_method, damps, bound, name in pairs)
+
+    with ThreadPoolExecutor(NUMPY_THREADS) as pool:  # layers side by side: numpy's factorizations and products release the GIL
+        done = dict(zip(specs, pool.map(one, specs)))
+    return {name: d[0] for name, d in done.items()}, {name: d[1] for name, d in done.items()}
 
 
 def _output_error(matrix: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:

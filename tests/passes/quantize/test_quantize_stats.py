@@ -98,3 +98,18 @@ def _with_r1(model):
     from onnxopt.passes.reconstruct import with_outputs
 
     return with_outputs(model, ["r1"])
+
+
+def test_threaded_statistics_are_deterministic():
+    """Layers update side by side in threads; each draws its sampled rows from its own stream, so two
+    runs (and any thread schedule) give the same statistics bit for bit."""
+    model, data = conv_net(), images(6)
+    nodes = {n.name: n for n in import_graph(model).nodes}
+    layers = {"conv1": nodes["conv1"], "conv2": nodes["conv2"]}
+    a, b = (collect_statistics(model, ["r1", "c2"], layers, {"conv1", "conv2"}, data, bins=256, rows_per_sample=40) for _ in range(2))
+    for name in layers:
+        assert a.layers[name].rows == 6 * 40  # rows were sampled (fewer than the positions), so draws matter
+        for field in ("fit", "held_out", "total"):
+            np.testing.assert_array_equal(getattr(a.layers[name], field), getattr(b.layers[name], field))
+    for name in ("r1", "c2"):
+        np.testing.assert_array_equal(a.histograms[name].counts, b.histograms[name].counts)
