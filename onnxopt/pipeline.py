@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from threadpoolctl import threadpool_limits
 
 from onnxopt.errors import ConfigError, OnnxoptError, PassError
+from onnxopt.native import numeric_limits
 from onnxopt.targets import Target, target_of
 
 
@@ -299,9 +299,9 @@ class PassManager:
         self.instruments = list(instruments)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> list[PassRecord]:
-        # numpy's BLAS on one thread: its threads and ONNX Runtime's (the passes run both, in turns) fought
-        # over the cores. 2 cores, EfficientNet-Lite0: ort-int8 14.9 -> 11.6 s, --prune-flops 0.8 77 -> 64 s
-        with threadpool_limits(limits=1, user_api="blas"):
+        # one BLAS thread and one malloc arena (native.py). 2 cores, EfficientNet-Lite0: ort-int8 14.9 -> 11.6 s,
+        # --prune-flops 0.8 77 -> 64 s
+        with numeric_limits():
             return self._run(graph, ctx)
 
     def _run(self, graph: gs.Graph, ctx: PassContext) -> list[PassRecord]:
