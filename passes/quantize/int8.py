@@ -188,36 +188,36 @@ class QuantizeInt8(Pass):
         fidelity = Fidelity(stats.reference, ctx.options.get("metric") or cfg.metric)
         state = _State(float_model, fg, rules, plan, params, weights, why_float, attention=cfg.attention)
 
-        with shared_weights(float_model):  # the stages below start dozens of sessions of this model's variants
-            choice = self._choose_matmul_mode(state, fidelity, data, ctx)
-            clock.lap("matmul_mode")
-            if cfg.bias_correction:
-                self._correct_biases(state, stats)
-                clock.lap("bias_correction")
-            if cfg.latency_aware and rules.name == "ort":
-                self._latency_fallback(state, data, ctx)
-                clock.lap("latency")
-            budget = ctx.options.get("max_drop")
-            if budget is None:
-                budget = cfg.dynamic_max_drop if state.dynamic and not state.plan_now().nodes else cfg.max_drop
-            budget = float(budget)
-            model = state.build()
-            summary = fidelity.summary(run_all(model, data))
-            fallback_log = []
-            if budget >= 0 and summary["drop"] > budget:
+        choice = self._choose_matmul_mode(state, fidelity, data, ctx)
+        clock.lap("matmul_mode")
+        if cfg.bias_correction:
+            self._correct_biases(state, stats)
+            clock.lap("bias_correction")
+        if cfg.latency_aware and rules.name == "ort":
+            self._latency_fallback(state, data, ctx)
+            clock.lap("latency")
+        budget = ctx.options.get("max_drop")
+        if budget is None:
+            budget = cfg.dynamic_max_drop if state.dynamic and not state.plan_now().nodes else cfg.max_drop
+        budget = float(budget)
+        model = state.build()
+        summary = fidelity.summary(run_all(model, data))
+        fallback_log = []
+        if budget >= 0 and summary["drop"] > budget:
+            with shared_weights(float_model):  # dozens of sessions of this model's variants; the copy lives only meanwhile (memory)
                 model, summary, fallback_log = self._fallback(state, fidelity, data, budget, summary)
-                if summary["drop"] > budget:
-                    ctx.warn(f"{self.name}: fidelity drop {summary['drop']:.3g} ({fidelity.name}) stays above the budget {budget:g} after falling back {len(fallback_log)} layers")
-            clock.lap("fidelity_and_fallback")
-            verdict = None
-            if cfg.latency_aware and rules.name == "ort":
-                model, summary, verdict = self._never_slower(state, model, summary, fidelity, data, ctx)
-                release_sessions()
-                clock.lap("never_slower")
-            sequential = None
-            if cfg.sequential_correction and not (verdict or {}).get("kept_float"):
-                model, summary, sequential = self._correct_sequentially(state, model, summary, fidelity, data, stats.output_means, ctx)
-                clock.lap("sequential_correction")
+            if summary["drop"] > budget:
+                ctx.warn(f"{self.name}: fidelity drop {summary['drop']:.3g} ({fidelity.name}) stays above the budget {budget:g} after falling back {len(fallback_log)} layers")
+        clock.lap("fidelity_and_fallback")
+        verdict = None
+        if cfg.latency_aware and rules.name == "ort":
+            model, summary, verdict = self._never_slower(state, model, summary, fidelity, data, ctx)
+            release_sessions()
+            clock.lap("never_slower")
+        sequential = None
+        if cfg.sequential_correction and not (verdict or {}).get("kept_float"):
+            model, summary, sequential = self._correct_sequentially(state, model, summary, fidelity, data, stats.output_means, ctx)
+            clock.lap("sequential_correction")
         self._replace(graph, model)
         report = {
             "rules": rules.name,

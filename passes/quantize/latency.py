@@ -38,9 +38,9 @@ def _session(model: onnx.ModelProto):
     for held, session in _recent_sessions:
         if held is model:
             return session
+    del _recent_sessions[1:]  # the oldest goes before the new one is built: two sessions alive at most (peak memory)
     session = make_session(model, spinning=False)
     _recent_sessions.insert(0, (model, session))
-    del _recent_sessions[2:]
     return session
 
 
