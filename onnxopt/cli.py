@@ -78,6 +78,7 @@ def main() -> None:
 @click.option("--calib-limit", type=int, default=None, help="Use at most this many calibration samples.")
 @click.option("--prune", type=float, default=None, metavar="RATIO", help="Add structured channel pruning: remove this fraction of channels (needs --calib).")
 @click.option("--prune-flops", type=float, default=None, metavar="X", help="Add channel pruning until at most X of the model's MACs remain.")
+@click.option("--drop-blocks", type=int, default=None, metavar="N", help="Add depth pruning: remove the N residual blocks whose removal changes the outputs least (needs --calib).")
 @click.option("--depthwise", is_flag=True, help="Add depthwise-separable substitution of KxK convolutions.")
 @click.option("--depthwise-error", type=float, default=None, metavar="X", help="Per-layer relative output error cap for --depthwise.")
 @click.option("--depthwise-flops", type=float, default=None, metavar="X", help="Substitute until at most X of the model's MACs remain.")
@@ -95,7 +96,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, depthwise, depthwise_error, depthwise_flops, max_drop, emit, engine_path, eval_data, labels, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
+def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, drop_blocks, depthwise, depthwise_error, depthwise_flops, max_drop, emit, engine_path, eval_data, labels, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
     """Optimize MODEL for a target and write the optimized model."""
     from pathlib import Path
 
@@ -107,7 +108,7 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
     progress.set_quiet(quiet)
     if labels is not None and eval_data is None:
         raise click.UsageError("--labels needs --data")
-    extra_passes = tuple(_structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops))
+    extra_passes = tuple(_structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops, drop_blocks))
     if output is None:  # the CLI's default: <stem>.<target>.onnx beside the input
         name = resolve_target(resolve_recipe(target, recipe, overrides, extra_passes), target, recipe).name
         output = default_output_path(Path(model), name)
@@ -139,9 +140,11 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
     click.echo(result.report.to_json() if as_json else result.report.summary())
 
 
-def _structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops) -> list[dict]:
-    """Flags that add lossy structural passes to any target: substitute first, then prune."""
+def _structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops, drop_blocks=None) -> list[dict]:
+    """Flags that add lossy structural passes to any target: drop blocks first, then substitute, then prune."""
     entries = []
+    if drop_blocks:
+        entries.append({"name": "drop-blocks", "count": drop_blocks})
     if depthwise or depthwise_error is not None or depthwise_flops is not None:
         entry = {"name": "depthwise-separable"}
         if depthwise_error is not None:

@@ -32,11 +32,14 @@ class Recipe:
     target: str
     depthwise: dict[str, Any] | None = None
     prune: dict[str, Any] | None = None
+    drop_blocks: int = 0
     overrides: list[str] = field(default_factory=list)
 
     def extra_passes(self) -> list[dict[str, Any]]:
-        """In the order the CLI's flags add them: substitute first, then prune."""
+        """In the order the CLI's flags add them: drop blocks, substitute, then prune."""
         entries = []
+        if self.drop_blocks:
+            entries.append({"name": "drop-blocks", "count": self.drop_blocks})
         if self.depthwise is not None:
             entries.append({"name": "depthwise-separable", **self.depthwise})
         if self.prune is not None:
@@ -46,6 +49,8 @@ class Recipe:
     def cli_args(self) -> list[str]:
         """The `onnxopt compile` flags that build the same model."""
         args = ["--target", self.target]
+        if self.drop_blocks:
+            args += ["--drop-blocks", str(self.drop_blocks)]
         if self.depthwise is not None:
             args.append("--depthwise")
             if "flops_target" in self.depthwise:
@@ -100,6 +105,10 @@ def _prune(recipe: Recipe, value: float) -> None:
         recipe.prune = {"flops_target": round(float(value), 4)}
 
 
+def _drop_blocks(recipe: Recipe, value: int) -> None:
+    recipe.drop_blocks = int(value)
+
+
 def _depthwise(recipe: Recipe, value: bool) -> None:
     if value:
         recipe.depthwise = {}
@@ -138,6 +147,8 @@ def knobs(targets: tuple[str, ...]) -> list[Knob]:
              _override("quantize-int8", "max_fallback"), "most layers (fraction) kept in float"),
         Knob("int8_final_layer", CategoricalDistribution(["float", "int8"]), _is_int8,
              _override("quantize-int8", "final_layer"), "the classifier layer kept float or int8"),
+        Knob("drop_blocks", CategoricalDistribution([0, 1, 2]), always, _drop_blocks,
+             "residual blocks removed whole (depth pruning; nothing where the model has none)"),
         Knob("prune_flops", PRUNE_FLOPS, always, _prune, "MACs kept by channel pruning (1: no pruning)"),
         Knob("prune_allocation", CategoricalDistribution(["auto", "uniform"]), _prunes,
              _override("channel-prune", "allocation"), "MACs spread by measured output error (auto: global) or one ratio everywhere"),
@@ -220,6 +231,8 @@ def default_params(targets: tuple[str, ...], table: list[Knob]) -> list[dict[str
                 params[knob.name] = pass_default(*defaults[knob.name])
             elif knob.name == "depthwise":
                 params[knob.name] = False
+            elif knob.name == "drop_blocks":
+                params[knob.name] = 0
         # a default the table cannot express is left for the sampler to draw
         by_name = {knob.name: knob for knob in table}
         starts.append({k: v for k, v in params.items() if k in by_name and _expressible(by_name[k].distribution, v)})

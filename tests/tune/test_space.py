@@ -57,7 +57,7 @@ def test_default_params_are_each_targets_plain_recipe_then_the_hand_picked_compo
 
 def test_pruning_options_are_drawn_only_with_pruning_and_written_as_toml():
     table = knobs(("ort-fp32",))
-    unpruned = suggest(optuna.trial.FixedTrial({"target": "ort-fp32", "prune_flops": 1.0, "depthwise": False}), table)
+    unpruned = suggest(optuna.trial.FixedTrial({"target": "ort-fp32", "drop_blocks": 0, "prune_flops": 1.0, "depthwise": False}), table)
     assert not any(name.startswith("prune_") and name != "prune_flops" for name in unpruned)
     params = {"target": "ort-fp32", "prune_flops": 0.4, "prune_allocation": "auto", "prune_probe_samples": 16,
               "prune_scale_refit": False, "prune_propagate": True, "prune_compensation": "scale", "prune_search_rounds": 2, "depthwise": False}
@@ -84,3 +84,13 @@ def test_a_new_knob_is_one_more_row():
 def test_unknown_target_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot be searched"):
         check_targets(("trt-int8",))
+
+
+def test_drop_blocks_knob_comes_first_in_the_recipe_and_the_command():
+    table = knobs(("ort-int8",))
+    params = {"target": "ort-int8", "drop_blocks": 2, "prune_flops": 0.5, "prune_allocation": "uniform", "depthwise": False}
+    recipe = recipe_for(params, table)
+    assert [p["name"] for p in recipe.extra_passes()] == ["drop-blocks", "channel-prune"]
+    assert recipe.extra_passes()[0]["count"] == 2
+    assert recipe.cli_args()[:4] == ["--target", "ort-int8", "--drop-blocks", "2"]
+    assert recipe_for({**params, "drop_blocks": 0}, table).extra_passes()[0]["name"] == "channel-prune"
