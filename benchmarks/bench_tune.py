@@ -51,6 +51,9 @@ HAND_PICKED = [
      [{"name": "depthwise-separable", "flops_target": 0.66}, {"name": "channel-prune", "flops_target": 0.35}]),
     ("ort-fp32 --prune-flops 0.35 --depthwise --depthwise-flops 0.66", "ort-fp32",
      [{"name": "depthwise-separable", "flops_target": 0.66}, {"name": "channel-prune", "flops_target": 0.35}]),
+    # depth pruning (passes/prune/blocks.py), after issue 14's table
+    ("ort-int8 --drop-blocks 1", "ort-int8", [{"name": "drop-blocks", "count": 1}]),
+    ("ort-int8 --drop-blocks 2", "ort-int8", [{"name": "drop-blocks", "count": 2}]),
 ]
 
 
