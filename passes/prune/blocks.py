@@ -46,11 +46,13 @@ class DropBlocksConfig:
 
 @dataclass
 class Block:
-    """y = shortcut + branch(shortcut): the Add, its shortcut input and the branch's nodes."""
+    """y = shortcut + branch(shortcut), by tensor names (node names may be empty): the Add's output,
+    its shortcut input and the outputs of the branch's nodes; `name` is what the report shows."""
 
-    add: str
+    name: str
+    add_output: str
     shortcut: str
-    nodes: list[str]
+    branch_outputs: list[str]
 
 
 def residual_blocks(graph: gs.Graph) -> list[Block]:
@@ -73,12 +75,12 @@ def residual_blocks(graph: gs.Graph) -> list[Block]:
             nodes = _branch(branch_out.name, shortcut.name, producer)
             if nodes is None or not any(n.op in WEIGHTED for n in nodes):
                 continue
-            names = {n.name for n in nodes}
-            escapes = any(t.name in outputs or any(c.name not in names and c is not add for c in consumers.get(t.name, []))
+            inside = {id(n) for n in nodes}
+            escapes = any(t.name in outputs or any(id(c) not in inside and c is not add for c in consumers.get(t.name, []))
                           for n in nodes for t in n.outputs)
             if escapes or not _same_shape(shortcut, add.outputs[0]):
                 continue
-            blocks.append(Block(add.name, shortcut.name, [n.name for n in nodes]))
+            blocks.append(Block(add.name or add.outputs[0].name, add.outputs[0].name, shortcut.name, [t.name for n in nodes for t in n.outputs]))
             break
     return blocks
 
@@ -110,10 +112,10 @@ def _same_shape(a: gs.Tensor, b: gs.Tensor) -> bool:
 def remove_block(graph: gs.Graph, block: Block) -> None:
     """The Add's consumers read the shortcut instead; a Relu right after the Add goes too when the
     shortcut is already a Relu's output (Relu(x) = x there)."""
-    nodes = {n.name: n for n in graph.nodes}
-    add = nodes[block.add]
-    shortcut = next(t for t in add.inputs if t.name == block.shortcut)
-    out = add.outputs[0]
+    tensors = graph.tensors()
+    out, shortcut = tensors[block.add_output], tensors[block.shortcut]
+    add = out.inputs[0]
+    branch = [tensors[name].inputs[0] for name in block.branch_outputs]
     users = [n for n in graph.nodes if any(t is out for t in n.inputs)]
     graph_outputs = {id(t) for t in graph.outputs}
     shortcut_producer = next((n for n in graph.nodes if any(t is shortcut for t in n.outputs)), None)
@@ -128,8 +130,8 @@ def remove_block(graph: gs.Graph, block: Block) -> None:
             if t is out:
                 user.inputs[i] = shortcut
     add.outputs.clear()
-    for name in block.nodes:
-        nodes[name].outputs.clear()
+    for node in branch:
+        node.outputs.clear()
     graph.cleanup().toposort()
 
 
@@ -160,10 +162,10 @@ class DropBlocks(StructuralPass):
         # whose removal had the smaller logit error lost 1.2 points more accuracy after refit)
         fit, judge = (samples[0::2], samples[1::2]) if cfg.reconstruct and len(samples) > 1 else (samples, samples)
         judge_reference = run_all(original, judge)
-        removed = []
+        removed, dropped = [], []
         current = original
         for _ in range(min(cfg.count, len(candidates))):
-            remaining = [b for b in residual_blocks(import_graph(current)) if b.add in {c.add for c in candidates}]
+            remaining = [b for b in residual_blocks(import_graph(current)) if b.add_output in {c.add_output for c in candidates}]
             if not remaining:
                 break
             scored = []
@@ -171,17 +173,18 @@ class DropBlocks(StructuralPass):
                 trial = import_graph(current)
                 remove_block(trial, block)
                 if cfg.reconstruct:
-                    self._refit(trial, original, [r["block"] for r in removed] + [block.add], fit, ctx)
+                    self._refit(trial, original, [b.add_output for b in dropped] + [block.add_output], fit, ctx)
                 scored.append((relative_error(judge_reference, run_all(export_model(trial), judge)), block))
             error, block = min(scored, key=lambda s: s[0])
             trial = import_graph(current)
             remove_block(trial, block)
             current = export_model(trial)
-            removed.append({"block": block.add, "nodes": len(block.nodes) + 1, "output_error": round(error, 5),
-                            "others": {b.add: round(e, 5) for e, b in scored if b is not block}})
+            dropped.append(block)
+            removed.append({"block": block.name, "nodes": len({*block.branch_outputs}) + 1, "output_error": round(error, 5),
+                            "others": {b.name: round(e, 5) for e, b in scored if b is not block}})
         new = import_graph(current)
         error_before = relative_error(judge_reference, run_all(current, judge))
-        fits = self._refit(new, original, [r["block"] for r in removed], samples, ctx) if cfg.reconstruct else []
+        fits = self._refit(new, original, [b.add_output for b in dropped], samples, ctx) if cfg.reconstruct else []
         error_after = relative_error(judge_reference, run_all(export_model(new), judge))
         graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
         graph.cleanup().toposort()
@@ -197,10 +200,10 @@ class DropBlocks(StructuralPass):
         cfg = self.config
         order = list(graph.nodes)
         reference_names = {t for n in original.graph.node for t in n.output}
-        originally_before = _nodes_before(original, removed)
         chosen: dict[int, gs.Node] = {}
-        for name in removed:
-            after = [n for n in order if n.name not in originally_before[name] and _weighted(n)]
+        for add_output in removed:
+            earlier = _tensors_until(original, add_output)
+            after = [n for n in order if n.outputs[0].name not in earlier and _weighted(n)]
             for node in after[: cfg.refit_depth]:
                 chosen[id(node)] = node
         outputs = {t.name for t in graph.outputs}
@@ -217,7 +220,11 @@ def _weighted(node: gs.Node) -> bool:
     return node.op in WEIGHTED and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)
 
 
-def _nodes_before(model: onnx.ModelProto, adds: list[str]) -> dict[str, set[str]]:
-    """Per Add, the names of the nodes up to and including it in the model's (topological) order."""
-    names = [n.name for n in model.graph.node]
-    return {add: set(names[: names.index(add) + 1]) for add in adds if add in names}
+def _tensors_until(model: onnx.ModelProto, tensor: str) -> set[str]:
+    """The tensors the model's nodes produce up to and including `tensor`'s producer (topological order)."""
+    produced: set[str] = set()
+    for node in model.graph.node:
+        produced.update(node.output)
+        if tensor in node.output:
+            break
+    return produced

@@ -49,9 +49,9 @@ def run_pass(model, calibration=None, **options):
 
 def test_finds_identity_blocks_and_only_those():
     blocks = residual_blocks(import_graph(two_block_cnn()))
-    assert sorted(b.add for b in blocks) == ["b1.add", "b2.add"]
-    b1 = next(b for b in blocks if b.add == "b1.add")
-    assert b1.shortcut == "stem.relu.out" and len(b1.nodes) == 5  # conv, bn, relu, conv, bn
+    assert sorted(b.name for b in blocks) == ["b1.add", "b2.add"]
+    b1 = next(b for b in blocks if b.name == "b1.add")
+    assert b1.shortcut == "stem.relu.out" and b1.add_output == "b1.add.out" and len(b1.branch_outputs) == 5  # conv, bn, relu, conv, bn
     for other in (nets.plain_cnn(), nets.concat_cnn()):
         assert residual_blocks(import_graph(onnx.shape_inference.infer_shapes(other))) == []
 
@@ -59,7 +59,7 @@ def test_finds_identity_blocks_and_only_those():
 def test_removing_a_block_leaves_its_shortcut():
     model = two_block_cnn()
     graph = import_graph(model)
-    block = next(b for b in residual_blocks(graph) if b.add == "b2.add")
+    block = next(b for b in residual_blocks(graph) if b.name == "b2.add")
     remove_block(graph, block)
     after = export_model(graph)
     ops = [n.op_type for n in after.graph.node]
@@ -125,3 +125,14 @@ def test_cli_flag_adds_the_pass(tmp_path):
     result = CliRunner().invoke(main, ["compile", str(src), "--drop-blocks", "1", "--calib", str(tmp_path / "calib.npz"), "-o", str(out), "--no-profile", "-q"])
     assert result.exit_code == 0, result.output
     assert [n.op_type for n in onnx.load(out).graph.node].count("Add") == 1
+
+
+def test_unnamed_nodes_are_found_and_removed_by_their_tensors():
+    model = two_block_cnn(quiet_block="b2")
+    for node in model.graph.node:
+        node.name = ""  # some exporters name no node
+    blocks = residual_blocks(import_graph(model))
+    assert sorted(b.name for b in blocks) == ["b1.add.out", "b2.add.out"]  # the report falls back to the Add's output
+    out, result, ctx = run_pass(model, nets.samples(model, 8), count=1)
+    assert [r["block"] for r in ctx.artifacts["report:drop-blocks"]["removed"]] == ["b2.add.out"]
+    assert [n.op_type for n in out.graph.node].count("Add") == 1
