@@ -75,3 +75,25 @@ def test_shared_weights_stand_in_only_for_identical_tensors():
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(e, g)
     assert variant.SerializeToString() == before and onnx.checker.check_model(variant) is None
+
+
+def test_large_models_load_through_a_temporary_file(monkeypatch, tmp_path):
+    """Above LOAD_FROM_FILE_BYTES a session is built from a temporary file with external data (ORT
+    maps the weights instead of copying them out of bytes): same outputs, the model untouched, no
+    file left behind."""
+    import tempfile
+
+    import onnxopt.runtime as runtime
+
+    r = np.random.default_rng(1)
+    w = r.standard_normal((64, 64)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor("x", [2, 64])], [tensor("y", [2, 64])], [init("w", w)])
+    x = r.standard_normal((2, 64)).astype(np.float32)
+    before = model.SerializeToString()
+    expected = run_session(make_session(model), {"x": x})["y"]
+    monkeypatch.setattr(runtime, "LOAD_FROM_FILE_BYTES", 1024)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    got = run_session(make_session(model), {"x": x})["y"]
+    np.testing.assert_array_equal(expected, got)
+    assert model.SerializeToString() == before
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
