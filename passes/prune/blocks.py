@@ -47,7 +47,7 @@ class DropBlocksConfig:
 @dataclass
 class Block:
     """y = shortcut + branch(shortcut), by tensor names (node names may be empty): the Add's output,
-    its shortcut input and the outputs of the branch's nodes; `name` is what the report shows."""
+    its shortcut input and each branch node's first output; `name` is what the report shows."""
 
     name: str
     add_output: str
@@ -80,7 +80,7 @@ def residual_blocks(graph: gs.Graph) -> list[Block]:
                           for n in nodes for t in n.outputs)
             if escapes or not _same_shape(shortcut, add.outputs[0]):
                 continue
-            blocks.append(Block(add.name or add.outputs[0].name, add.outputs[0].name, shortcut.name, [t.name for n in nodes for t in n.outputs]))
+            blocks.append(Block(add.name or add.outputs[0].name, add.outputs[0].name, shortcut.name, [n.outputs[0].name for n in nodes]))
             break
     return blocks
 
@@ -116,14 +116,13 @@ def remove_block(graph: gs.Graph, block: Block) -> None:
     out, shortcut = tensors[block.add_output], tensors[block.shortcut]
     add = out.inputs[0]
     branch = [tensors[name].inputs[0] for name in block.branch_outputs]
-    users = [n for n in graph.nodes if any(t is out for t in n.inputs)]
+    users = list(out.outputs)  # gs keeps each tensor's consumers (and producer, `inputs`)
     graph_outputs = {id(t) for t in graph.outputs}
-    shortcut_producer = next((n for n in graph.nodes if any(t is shortcut for t in n.outputs)), None)
-    if (len(users) == 1 and users[0].op == "Relu" and shortcut_producer is not None and shortcut_producer.op in NON_NEGATIVE
+    if (len(users) == 1 and users[0].op == "Relu" and shortcut.inputs and shortcut.inputs[0].op in NON_NEGATIVE
             and id(users[0].outputs[0]) not in graph_outputs):
         relu = users[0]
         out = relu.outputs[0]
-        users = [n for n in graph.nodes if any(t is out for t in n.inputs)]
+        users = list(out.outputs)
         relu.outputs.clear()
     for user in users:
         for i, t in enumerate(user.inputs):
@@ -180,7 +179,7 @@ class DropBlocks(StructuralPass):
             remove_block(trial, block)
             current = export_model(trial)
             dropped.append(block)
-            removed.append({"block": block.name, "nodes": len({*block.branch_outputs}) + 1, "output_error": round(error, 5),
+            removed.append({"block": block.name, "nodes": len(block.branch_outputs) + 1, "output_error": round(error, 5),
                             "others": {b.name: round(e, 5) for e, b in scored if b is not block}})
         new = import_graph(current)
         error_before = relative_error(judge_reference, run_all(current, judge))
