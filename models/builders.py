@@ -145,8 +145,8 @@ def residual_net(seed: int = 0) -> onnx.ModelProto:
     return g.model([_tensor("input", [1, 3, 32, 32])], [_tensor("logits", [1, 10])], "residual_net")
 
 
-def transformer_block(opset: int = 14, seed: int = 0) -> onnx.ModelProto:
-    """One post-LN BERT encoder layer on x [1,8,32], LayerNorm and erf-GELU decomposed as exported."""
+def transformer_block(opset: int = 14, seed: int = 0, layers: int = 1) -> onnx.ModelProto:
+    """Post-LN BERT encoder layers on x [1,8,32] (one by default), LayerNorm and erf-GELU decomposed as exported."""
     g = _Graph(seed)
     seq, dim, heads, ffn = 8, 32, 4, 64
     head_dim = dim // heads
@@ -175,25 +175,30 @@ def transformer_block(opset: int = 14, seed: int = 0) -> onnx.ModelProto:
         y = g.op("Reshape", [x, g.ints(f"{name}.shape", [1, seq, heads, head_dim])], f"{name}.reshape")
         return g.op("Transpose", [y], f"{name}.transpose", perm=perm)
 
-    q = split_heads(dense("x", dim, dim, "attn.query"), "attn.q", [0, 2, 1, 3])
-    k = split_heads(dense("x", dim, dim, "attn.key"), "attn.k", [0, 2, 3, 1])
-    v = split_heads(dense("x", dim, dim, "attn.value"), "attn.v", [0, 2, 1, 3])
-    scores = g.op("MatMul", [q, k], "attn.scores")
-    scores = g.op("Div", [scores, g.init("attn.scale", np.sqrt(head_dim))], "attn.scale_div")
-    probs = g.op("Softmax", [scores], "attn.softmax", axis=-1)
-    ctx = g.op("MatMul", [probs, v], "attn.context")
-    ctx = g.op("Transpose", [ctx], "attn.merge.transpose", perm=[0, 2, 1, 3])
-    ctx = g.op("Reshape", [ctx, g.ints("attn.merge.shape", [1, seq, dim])], "attn.merge.reshape")
-    attn = dense(ctx, dim, dim, "attn.output")
-    h = layer_norm(g.op("Add", [attn, "x"], "attn.residual"), "attn.ln")
+    def encoder_layer(x, p):
+        q = split_heads(dense(x, dim, dim, f"{p}attn.query"), f"{p}attn.q", [0, 2, 1, 3])
+        k = split_heads(dense(x, dim, dim, f"{p}attn.key"), f"{p}attn.k", [0, 2, 3, 1])
+        v = split_heads(dense(x, dim, dim, f"{p}attn.value"), f"{p}attn.v", [0, 2, 1, 3])
+        scores = g.op("MatMul", [q, k], f"{p}attn.scores")
+        scores = g.op("Div", [scores, g.init(f"{p}attn.scale", np.sqrt(head_dim))], f"{p}attn.scale_div")
+        probs = g.op("Softmax", [scores], f"{p}attn.softmax", axis=-1)
+        ctx = g.op("MatMul", [probs, v], f"{p}attn.context")
+        ctx = g.op("Transpose", [ctx], f"{p}attn.merge.transpose", perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, g.ints(f"{p}attn.merge.shape", [1, seq, dim])], f"{p}attn.merge.reshape")
+        attn = dense(ctx, dim, dim, f"{p}attn.output")
+        h = layer_norm(g.op("Add", [attn, x], f"{p}attn.residual"), f"{p}attn.ln")
 
-    up = dense(h, dim, ffn, "ffn.up")
-    erf = g.op("Erf", [g.op("Div", [up, g.init("gelu.sqrt2", np.sqrt(2.0))], "gelu.div")], "gelu.erf")
-    gelu = g.op("Add", [erf, g.init("gelu.one", 1.0)], "gelu.add")
-    gelu = g.op("Mul", [up, gelu], "gelu.mul")
-    gelu = g.op("Mul", [gelu, g.init("gelu.half", 0.5)], "gelu.mul_half")
-    down = dense(gelu, ffn, dim, "ffn.down")
-    out = layer_norm(g.op("Add", [down, h], "ffn.residual"), "ffn.ln")
+        up = dense(h, dim, ffn, f"{p}ffn.up")
+        erf = g.op("Erf", [g.op("Div", [up, g.init(f"{p}gelu.sqrt2", np.sqrt(2.0))], f"{p}gelu.div")], f"{p}gelu.erf")
+        gelu = g.op("Add", [erf, g.init(f"{p}gelu.one", 1.0)], f"{p}gelu.add")
+        gelu = g.op("Mul", [up, gelu], f"{p}gelu.mul")
+        gelu = g.op("Mul", [gelu, g.init(f"{p}gelu.half", 0.5)], f"{p}gelu.mul_half")
+        down = dense(gelu, ffn, dim, f"{p}ffn.down")
+        return layer_norm(g.op("Add", [down, h], f"{p}ffn.residual"), f"{p}ffn.ln")
+
+    out = "x"
+    for i in range(layers):
+        out = encoder_layer(out, f"layer{i}." if i else "")
     g.rename_output(out, "y")
     return g.model([_tensor("x", [1, seq, dim])], [_tensor("y", [1, seq, dim])], "transformer_block", opset)
 

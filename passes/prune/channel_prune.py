@@ -175,7 +175,9 @@ class ChannelPrune(StructuralPass):
         fits = []
         if cfg.reconstruct and calibration is not None:
             heads_refit = [head_groups[i].output for i in kept_heads]
-            fits = self._reconstruct(graph, analysis, kept, reference_before, calibration, ctx, heads_refit)
+            # their outputs lost head columns the teacher still has: no downstream refit target
+            narrowed = {id(n) for i in kept_heads for p in head_groups[i].projections for n in (p.matmul, p.bias) if n is not None}
+            fits = self._reconstruct(graph, analysis, kept, reference_before, calibration, ctx, heads_refit, narrowed)
         elif cfg.reconstruct:
             ctx.warn("channel-prune: no calibration data, so pruned layers are not reconstructed; pass --calib DATA to refit them")
 
@@ -270,9 +272,9 @@ class ChannelPrune(StructuralPass):
             flush()
         return scores
 
-    def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx, extra_nodes=()) -> list[dict]:
+    def _reconstruct(self, graph, analysis, kept, reference_before, calibration, ctx, extra_nodes=(), narrowed=frozenset()) -> list[dict]:
         order = {id(n): i for i, n in enumerate(graph.nodes)}
-        targets, seen = [], set()
+        targets, seen = [], set(narrowed)
         for node, in_key in analysis.refit:
             if in_key not in kept or id(node) in seen or id(node) not in order:
                 continue

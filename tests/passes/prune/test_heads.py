@@ -110,6 +110,24 @@ def test_pass_prunes_heads_at_a_ratio_and_refits_the_output_projection():
     assert out.shape == ref.shape and np.isfinite(out).all()
 
 
+def test_downstream_refit_leaves_out_projections_that_lost_head_columns():
+    """Their outputs are narrower than the teacher's, so there is nothing to fit them to (this
+    raised a shape error on MiniLM with refit_downstream=all)."""
+    model = transformer_block(layers=2)  # the second layer's projections come after the first's pruned FFN
+    graph = import_graph(model)
+    ctx = PassContext(teacher=model, calibration=onnxopt.calibration.open_calibration(calibration(), model))
+    result = ChannelPrune(ratio=0.25, min_channels=8, refit_downstream="all").run(graph, ctx)
+    assert result.changed and result.stats["heads_removed"] == 2
+    pruned = export_model(graph, model)
+    fitted = {fit["layer"] for fit in ctx.artifacts["report:channel-prune"]["reconstruction"]}
+    blocks, _ = find_attention(graph)
+    assert len(blocks) == 2
+    for block in blocks:
+        assert block.output.name in fitted and not fitted & {p.matmul.name for p in block.projections}
+    out, ref = run_model(pruned, feeds(99))["y"], run_model(model, feeds(99))["y"]
+    assert out.shape == ref.shape and np.isfinite(out).all()
+
+
 def test_global_budget_spreads_macs_over_heads_and_ffn_channels():
     model = transformer_block()
     graph = import_graph(model)
