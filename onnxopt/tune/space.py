@@ -154,6 +154,8 @@ def knobs(targets: tuple[str, ...]) -> list[Knob]:
              _override("channel-prune", "allocation"), "MACs spread by measured output error (auto: global) or one ratio everywhere"),
         Knob("prune_probe_samples", CategoricalDistribution([8, 16, 32]), _global_prune,
              _override("channel-prune", "probe_samples"), "samples the global allocation measures errors on (fewer: a cheaper trial)"),
+        Knob("prune_round_to", CategoricalDistribution([8, 16]), _prunes,
+             _override("channel-prune", "round_to"), "kept channel counts rounded to a multiple of this (which runs faster is measured, per kernel and machine)"),
         Knob("prune_scale_refit", CategoricalDistribution([True, False]), _prunes,
              _override("channel-prune", "scale_refit"), "held-out rows choose between a full refit and rescaling"),
         Knob("prune_propagate", CategoricalDistribution([True, False]), _prunes,
@@ -215,6 +217,7 @@ def default_params(targets: tuple[str, ...], table: list[Knob]) -> list[dict[str
     defaults = {"int8_max_drop": ("quantize-int8", "max_drop"), "int8_calibrator": ("quantize-int8", "calibrator"),
                 "int8_max_fallback": ("quantize-int8", "max_fallback"), "int8_final_layer": ("quantize-int8", "final_layer"),
                 "prune_allocation": ("channel-prune", "allocation"), "prune_probe_samples": ("channel-prune", "probe_samples"),
+                "prune_round_to": ("channel-prune", "round_to"),
                 "prune_scale_refit": ("channel-prune", "scale_refit"), "prune_propagate": ("channel-prune", "propagate"),
                 "prune_compensation": ("channel-prune", "probe_compensation"), "prune_search_rounds": ("channel-prune", "search_rounds")}
     plain = [{"target": target, "prune_flops": 1.0} for target in targets]

@@ -59,9 +59,9 @@ def test_pruning_options_are_drawn_only_with_pruning_and_written_as_toml():
     table = knobs(("ort-fp32",))
     unpruned = suggest(optuna.trial.FixedTrial({"target": "ort-fp32", "drop_blocks": 0, "prune_flops": 1.0, "depthwise": False}), table)
     assert not any(name.startswith("prune_") and name != "prune_flops" for name in unpruned)
-    params = {"target": "ort-fp32", "prune_flops": 0.4, "prune_allocation": "auto", "prune_probe_samples": 16,
+    params = {"target": "ort-fp32", "prune_flops": 0.4, "prune_allocation": "auto", "prune_probe_samples": 16, "prune_round_to": 16,
               "prune_scale_refit": False, "prune_propagate": True, "prune_compensation": "scale", "prune_search_rounds": 2, "depthwise": False}
-    assert recipe_for(params, table).overrides == ["channel-prune.probe_samples=16", "channel-prune.scale_refit=false",
+    assert recipe_for(params, table).overrides == ["channel-prune.probe_samples=16", "channel-prune.round_to=16", "channel-prune.scale_refit=false",
                                                    "channel-prune.probe_compensation=scale", "channel-prune.search_rounds=2"]
     from onnxopt.recipes import apply_overrides
 
@@ -69,7 +69,7 @@ def test_pruning_options_are_drawn_only_with_pruning_and_written_as_toml():
                              recipe_for(params, table).overrides)
     prune = next(p for p in recipe["passes"] if p["name"] == "channel-prune")
     assert prune["scale_refit"] is False and prune["probe_samples"] == 16
-    assert prune["probe_compensation"] == "scale" and prune["search_rounds"] == 2
+    assert prune["probe_compensation"] == "scale" and prune["search_rounds"] == 2 and prune["round_to"] == 16
 
 
 def test_a_new_knob_is_one_more_row():
