@@ -47,8 +47,8 @@ FASHION_DATA = Path("/usr/share/datasets/fashion-mnist")
 CRITERIA = ("l1", "l2", "bn", "activation", "obs")
 
 
-def latency_ratio(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict, iters: int) -> dict:
-    comparison = OrtBackend(allow_gpu=False).compare(original, pruned, feeds, warmup=5, iters=iters)
+def latency_ratio(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict, iters: int, threads: int = 0) -> dict:
+    comparison = OrtBackend(allow_gpu=False, threads=threads).compare(original, pruned, feeds, warmup=5, iters=iters)
     return {
         "speedup": round(comparison.speedup, 3),
         "ci95": [round(comparison.ci_low, 3), round(comparison.ci_high, 3)],

@@ -40,7 +40,7 @@ from onnxopt.models.fashion_cnn import (
 HELD_OUT = 5000
 WIDTH = 48
 TRAIN_IMAGES = 16000
-N_CALIB, N_TUNE, N_TEST = 128, 1000, 2000
+N_CALIB, N_TUNE, N_TEST = 128, 2000, 10000
 
 
 def default_dir() -> Path:
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     files["meta"].unlink(missing_ok=True)
     export(net, files["model"])
     calib, tune = held[:N_CALIB], held[N_CALIB:N_CALIB + N_TUNE]
-    test = np.sort(rng.choice(len(x_test), N_TEST, replace=False))
+    test = np.sort(rng.choice(len(x_test), N_TEST, replace=False)) if N_TEST < len(x_test) else np.arange(len(x_test))
     np.savez(files["calib"], input=x_train[calib])
     np.savez(files["tune"], input=x_train[tune])
     np.save(files["tune_labels"], y_train[tune])
@@ -130,8 +130,8 @@ def main(argv=None) -> None:
         "torch_test_accuracy_10k": acc_test,
         "onnx_test_accuracy": accuracy_onnx(files["model"], x_test[test], y_test[test]),
         "onnx_tune_accuracy": accuracy_onnx(files["model"], x_train[tune], y_train[tune]),
-        "splits": {"calib": "128 held-out train images", "tune": "1000 held-out train images",
-                   "test": "2000 official test images"},
+        "splits": {"calib": f"{N_CALIB} held-out train images", "tune": f"{N_TUNE} held-out train images",
+                   "test": f"{len(test)} official test images"},
         "seconds": round(time.time() - start),
     }
     files["meta"].write_text(json.dumps(meta, indent=2) + "\n")
