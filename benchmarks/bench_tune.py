@@ -13,7 +13,7 @@ Sections:
 - fashion-1thread: the same with single-threaded sessions everywhere (the tune's `--threads 1`
   and every timing): a server that gives each core its own requests runs so, and on a 2-vCPU VM
   the second thread's wake-up latency swings the ratio of a 0.1 ms model by +-20% from minute to
-  minute, where one thread repeats within 2%.
+  minute (one pair, three runs in a row: 2.39-3.04x on two threads, 3.59-3.60x on one).
 - effnet: EfficientNet-Lite0 from the zoo. ort-int8 with its defaults; then `tune --min-fidelity`
   set to the fidelity ort-int8 reached on the zoo's eval photos, for $ONNXOPT_TUNE_BUDGET_EFFNET
   seconds (600; 120 quick); both timed against the original in the same run.
