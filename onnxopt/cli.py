@@ -347,6 +347,8 @@ def gate_cmd(model, target, recipe, optimized, calib, data, labels, eval_limit, 
 @click.option("--max-drop", type=float, default=None, metavar="PTS", help="Accuracy budget: largest allowed drop in percentage points.")
 @click.option("--min-fidelity", type=float, default=None, metavar="X", help="Accuracy budget: smallest allowed cosine similarity to the original.")
 @click.option("--max-size-mb", type=float, default=None, metavar="X", help="Also require the model to be at most this large.")
+@click.option("--drop-sigmas", type=float, default=1.0, show_default=True, metavar="Z",
+              help="--max-drop must hold this many standard errors above the measured drop, so the fastest of many trials is not just the luckiest (0: the estimate alone).")
 @click.option("--targets", default="ort-int8,ort-fp32", show_default=True, help="Comma-separated targets to search.")
 @click.option("--trials", default=40, show_default=True, help="Most trials in the study (earlier runs of a stored study count).")
 @click.option("--time-budget", type=float, default=None, metavar="SECONDS", help="Start no trial after this many seconds.")
@@ -362,7 +364,7 @@ def gate_cmd(model, target, recipe, optimized, calib, data, labels, eval_limit, 
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the HTML report (scatter of the trials, the front's recipes).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every trial, the Pareto front and the choice as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
-def tune_cmd(model, calib, data, labels, max_drop, min_fidelity, max_size_mb, targets, trials, time_budget, workers, ray_address, storage, study_name, seed, iters, subset, threads, output, report_path, json_path, quiet):
+def tune_cmd(model, calib, data, labels, max_drop, min_fidelity, max_size_mb, drop_sigmas, targets, trials, time_budget, workers, ray_address, storage, study_name, seed, iters, subset, threads, output, report_path, json_path, quiet):
     """Find the fastest model that loses at most the budget on --data: exit 0 found, 1 none met it, 2 error."""
     from onnxopt import progress
     from onnxopt.tune.cli import run_tune_command
@@ -370,7 +372,7 @@ def tune_cmd(model, calib, data, labels, max_drop, min_fidelity, max_size_mb, ta
     progress.set_quiet(quiet)
     code = run_tune_command(
         model, calibration=calib, data=data, labels=labels, max_drop=max_drop, min_fidelity=min_fidelity,
-        max_size_mb=max_size_mb, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), trials=trials,
+        max_size_mb=max_size_mb, drop_sigmas=drop_sigmas, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), trials=trials,
         time_budget=time_budget, workers=workers, ray=ray_address, storage=storage, study_name=study_name, seed=seed,
         profile_iters=iters, subset=subset, threads=threads, output=output, report=report_path, json_path=json_path,
         log=_log(quiet), echo=click.echo,

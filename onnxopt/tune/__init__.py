@@ -40,6 +40,7 @@ def tune(
     max_drop: float | None = None,
     min_fidelity: float | None = None,
     max_size_mb: float | None = None,
+    drop_sigmas: float = 1.0,
     targets: tuple[str, ...] | list[str] = ("ort-int8", "ort-fp32"),
     trials: int = 40,
     time_budget: float | None = None,
@@ -107,7 +108,9 @@ def tune(
         _check_metric(metric, max_drop)
     if ray is not None:
         executors._probe(ray)  # a dead address fails here, before any work
-    budget = Budget(max_drop=max_drop, min_fidelity=min_fidelity, max_size_mb=max_size_mb)
+    if drop_sigmas < 0:
+        raise ConfigError(f"--drop-sigmas must be 0 or more standard errors, got {drop_sigmas:g}")
+    budget = Budget(max_drop=max_drop, min_fidelity=min_fidelity, max_size_mb=max_size_mb, drop_sigmas=drop_sigmas)
 
     original = load_model(model)
     with tempfile.TemporaryDirectory(prefix="onnxopt-tune-") as work:
@@ -118,7 +121,7 @@ def tune(
             profile_iters=profile_iters, subset=subset, threads=threads, study_name=study_name, metric=metric,
             context={"model": hashlib.sha256(original.SerializeToString()).hexdigest()[:16], "targets": list(targets),
                      **({"metric": getattr(metric, "__name__", "metric")} if metric is not None else {}),
-                     "budget": {"max_drop": max_drop, "min_fidelity": min_fidelity, "max_size_mb": max_size_mb}},
+                     "budget": {"max_drop": max_drop, "min_fidelity": min_fidelity, "max_size_mb": max_size_mb, "drop_sigmas": drop_sigmas}},
         )
         study = open_study(settings, storage)
         if ray is not None:

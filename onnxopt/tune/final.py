@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from onnxopt.tune.trial import accuracy_of, one_thread
+from onnxopt.tune.trial import accuracy_of, drop_stderr, one_thread
 
 
 @dataclass
@@ -51,7 +51,8 @@ def recompile(original, recipe, files: dict[str, str], settings) -> Recompiled:
             evaluation = EvaluationResult(samples=ev["samples"], outputs=ev["outputs"], accuracy=ev["accuracy"])
     drop, fidelity, _ = accuracy_of(evaluation)
     size_mb = compiled.report.after["size_bytes"] / 1e6
-    return Recompiled(compiled.model, compiled.report, drop, fidelity, size_mb, settings.budget.violations(drop, fidelity, size_mb))
+    violations = settings.budget.violations(drop, fidelity, size_mb, drop_stderr(evaluation))
+    return Recompiled(compiled.model, compiled.report, drop, fidelity, size_mb, violations)
 
 
 def remeasure(original, candidate, files: dict[str, str], settings, iters: int):

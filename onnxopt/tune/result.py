@@ -31,6 +31,7 @@ def trial_record(trial, targets: tuple[str, ...], command: list[str]) -> dict[st
         "speedup": outcome.get("speedup"),
         "ci95": outcome.get("ci95"),
         "drop_pts": outcome.get("drop_pts"),
+        "drop_stderr": outcome.get("drop_stderr"),  # the budget charges --drop-sigmas of these
         "fidelity": outcome.get("fidelity"),
         "accuracy": outcome.get("accuracy"),
         "metric": outcome.get("metric"),  # the user metric of both models, when tune was given one

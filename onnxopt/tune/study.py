@@ -106,7 +106,8 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: dict[str, Any], se
             trial.set_user_attr(OUTCOME, {**_plain(outcome), "state": "failed", "reason": "no accuracy: --max-drop needs --labels or a classifier output"})
             study.tell(trial, state=TrialState.FAIL)
             return
-        for name, value in settings.budget.violations(outcome.get("drop_pts"), outcome.get("fidelity"), outcome.get("size_mb")).items():
+        for name, value in settings.budget.violations(outcome.get("drop_pts"), outcome.get("fidelity"), outcome.get("size_mb"),
+                                                         outcome.get("drop_stderr") or 0.0).items():
             trial.set_constraint(name, value if math.isfinite(value) else 1e9)
         study.tell(trial, [float(outcome["speedup"]), float(accuracy)])
     elif state == PRUNED:

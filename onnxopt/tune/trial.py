@@ -33,12 +33,17 @@ class Budget:
     max_drop: float | None = None
     min_fidelity: float | None = None
     max_size_mb: float | None = None
+    drop_sigmas: float = 1.0  # the drop must fit the budget this many standard errors above its estimate
 
-    def violations(self, drop: float | None, fidelity: float | None, size_mb: float | None) -> dict[str, float]:
-        """One number per constraint, <= 0 when met (Optuna's convention)."""
+    def violations(self, drop: float | None, fidelity: float | None, size_mb: float | None, drop_stderr: float = 0.0) -> dict[str, float]:
+        """One number per constraint, <= 0 when met (Optuna's convention).
+
+        The drop is charged `drop_sigmas` standard errors of its estimate: the fastest of many
+        trials at the edge of the budget is also the luckiest on the tuning data (measured on the
+        Fashion ResNet: -0.90 pts on the 2,000 tuning images, -1.48 on 10,000 test images)."""
         out = {}
         if self.max_drop is not None:
-            out["max_drop"] = math.inf if drop is None else drop - self.max_drop
+            out["max_drop"] = math.inf if drop is None else drop + self.drop_sigmas * drop_stderr - self.max_drop
         if self.min_fidelity is not None:
             out["min_fidelity"] = math.inf if fidelity is None else self.min_fidelity - fidelity
         if self.max_size_mb is not None:
@@ -80,6 +85,17 @@ def accuracy_of(evaluation) -> tuple[float | None, float, dict[str, Any] | None]
     return (None if agreement is None else (1.0 - agreement) * 100.0), float(evaluation.fidelity), None
 
 
+def drop_stderr(evaluation) -> float:
+    """Standard error of the top-1 drop in points, 0 with a user metric (its noise is unknown).
+
+    The drop on n samples is a mean of per-sample differences in {-1, 0, 1}, non-zero only where
+    the prediction changed, so its standard error is at most sqrt(changed / n)."""
+    if evaluation.metric is not None or not evaluation.samples:
+        return 0.0
+    agreement = evaluation.top1_agreement if evaluation.top1_agreement is not None else 0.0
+    return math.sqrt(max(1.0 - agreement, 1.0 / evaluation.samples) / evaluation.samples) * 100.0
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """ONNX Runtime sessions and BLAS on one thread meanwhile (see the module docstring)."""
@@ -92,16 +108,11 @@ def one_thread() -> Iterator[None]:
 
 
 def clearly_over_budget(evaluation, budget: Budget) -> str | None:
-    """Why a subset result already fails the budget beyond its noise, else None.
-
-    The drop on n samples is a mean of per-sample differences in {-1, 0, 1}, non-zero only where
-    the prediction changed, so its standard error is at most sqrt(changed / n); reject when even
-    two standard errors below the measured drop is over the budget.
-    """
+    """Why a subset result already fails the budget beyond its noise, else None: even two
+    standard errors (drop_stderr) below the measured drop is over the budget."""
     drop, fidelity, _ = accuracy_of(evaluation)
     if budget.max_drop is not None and drop is not None and evaluation.metric is None:  # a user metric has no known noise
-        agreement = evaluation.top1_agreement if evaluation.top1_agreement is not None else 0.0
-        stderr = math.sqrt(max(1.0 - agreement, 1.0 / evaluation.samples) / evaluation.samples) * 100.0
+        stderr = drop_stderr(evaluation)
         if drop - 2 * stderr > budget.max_drop:
             return f"drop {drop:.2f} pts on {evaluation.samples} samples (± {2 * stderr:.2f}) is over the budget {budget.max_drop:g}"
     if budget.min_fidelity is not None and fidelity < budget.min_fidelity - (1.0 - budget.min_fidelity):
@@ -158,7 +169,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     backend = get_backend("ort", threads=job.threads)
     comparison = backend.compare(original, candidate, feeds, warmup=max(job.profile_iters // 10, 2), iters=job.profile_iters)
     return finish(
-        COMPLETE, drop_pts=drop, fidelity=fidelity, accuracy=accuracy, samples=evaluation.samples,
+        COMPLETE, drop_pts=drop, drop_stderr=drop_stderr(evaluation), fidelity=fidelity, accuracy=accuracy, samples=evaluation.samples,
         speedup=comparison.speedup, ci95=[comparison.ci_low, comparison.ci_high], pairs=comparison.pairs,
         latency_ms={"original": comparison.baseline.p50_ms, "candidate": comparison.candidate.p50_ms},
     )

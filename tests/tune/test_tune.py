@@ -48,7 +48,7 @@ def test_json_holds_every_trial_with_what_it_measured(small_tune):
     complete = [t for t in data["trials"] if t["state"] == "complete"]
     assert complete
     for trial in complete:
-        for key in ("params", "state", "speedup", "ci95", "drop_pts", "fidelity", "size_mb", "seconds", "host", "worker", "command"):
+        for key in ("params", "state", "speedup", "ci95", "drop_pts", "drop_stderr", "fidelity", "size_mb", "seconds", "host", "worker", "command"):
             assert trial[key] is not None, key
         assert trial["ci95"][0] <= trial["speedup"] <= trial["ci95"][1]
         assert trial["command"].startswith("onnxopt compile ") and "--target" in trial["command"]
@@ -142,6 +142,11 @@ def _finished(storage) -> int:
         return sum(1 for t in _trials(storage) if t.state.is_finished())
     except (KeyError, ValueError, optuna.exceptions.OptunaError):
         return 0
+
+
+def test_negative_drop_sigmas_is_a_config_error(problem):
+    proc = onnxopt_cli("tune", problem["model"], "--calib", problem["calib"], "--data", problem["data"], "--max-drop", "1", "--drop-sigmas", "-1")
+    assert proc.returncode == 2 and "--drop-sigmas" in proc.stderr and proc.stderr.strip().count("\n") == 0
 
 
 @pytest.mark.parametrize("bad", ["0"])
