@@ -33,6 +33,9 @@ def test_sigint_mid_compile_leaves_nothing(tmp_path):
         text=True,
         env={**os.environ, "TMPDIR": str(tmp)},
         cwd=work,
+        # a shell that starts jobs in the background (`cmd &`) ignores SIGINT in them, and Python keeps an
+        # ignored SIGINT ignored: give the compile the default, as a terminal's Ctrl-C finds it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     progress = []
     while True:  # wait until the passes are running, then interrupt
