@@ -30,6 +30,18 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output():
     assert err(q) < 0.5 * err(nearest)
 
 
+def test_gptq_rounds_an_input_the_calibration_never_excites_to_nearest():
+    """A channel that is zero on every calibration sample (a ReLU6 output dead on those images)
+    still carries values on other inputs: its weights must be rounded, not zeroed (zeroing them
+    cost EfficientNet-Lite0's last project conv 0.0035 cosine on held-out photos)."""
+    x = correlated_inputs(k=24)
+    x[:, 5] = 0.0
+    w = np.random.default_rng(3).standard_normal((1, 8, x.shape[1]))
+    s = np.abs(w).max(axis=2) / 127
+    q = gptq(w, s, (x.T @ x)[None])
+    assert np.array_equal(q[0, :, 5], np.round(w[0, :, 5] / s[0]))
+
+
 def test_inverse_upper_factor_is_the_cholesky_factor_of_the_inverse():
     x = correlated_inputs(k=40)
     h = x.T @ x + 0.1 * np.eye(40)
@@ -63,9 +75,9 @@ def test_validation_falls_back_to_nearest_when_gptq_would_overfit():
 
 
 def test_gptq_needs_more_calibration_rows_than_inputs_in_each_half():
-    """With fewer rows than inputs both Gram halves are rank-deficient: GPTQ would move error into
-    directions neither half shows (EfficientNet-Lite0's last project conv lost 0.0055 cosine on
-    other photos while winning on the held-out half), so such a layer is rounded to nearest."""
+    """With fewer rows than inputs in a half, the held-out half cannot judge GPTQ: such a layer is
+    rounded to nearest (on EfficientNet-Lite0 GPTQ on those five late layers measured the same
+    held-out fidelity and cost 2 s more)."""
     from onnxopt.passes.quantize.stats import CalibrationStats, LayerInputs
     from onnxopt.passes.quantize.weights import gptq_weights
 
