@@ -291,7 +291,7 @@ def minilm_sentences(n_calib: int = 64, n_eval: int = 200, prose_windows: int = 
     tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
     labels = json.loads((ZOO / "minilm" / "eval" / "labels.json").read_text())
     zoo_eval = [labels[k] for k in sorted(labels)]
-    from models.zoo_inputs import SENTENCES
+    from onnxopt.models.zoo_inputs import SENTENCES
 
     zoo_calib = [s for s in SENTENCES if s not in set(zoo_eval)]
     calib = (zoo_calib + _license_sentences("GPL-3"))[:n_calib]
