@@ -5,8 +5,9 @@ data (collected by stats.py in the one statistics pass, fitted and held-out halv
 GPTQ rounding, kept only where it beats round-to-nearest on the held-out half (then refitted on
 all samples). A layer with fewer input rows in a half than input columns (late layers on 7x7
 maps) is rounded to nearest: the held-out half cannot judge GPTQ there (EfficientNet-Lite0: GPTQ
-on its five such layers measured the same held-out fidelity and cost 2 s more). Bias correction then shifts each layer's float bias by the mean error its rounded
-weights make on the layer's real (float) inputs, from the same statistics.
+on its five such layers measured the same held-out fidelity and cost 2 s more). Bias correction
+then shifts each layer's float bias by the mean error its rounded weights make on the layer's
+real (float) inputs, from the same statistics.
 """
 
 from __future__ import annotations
