@@ -168,8 +168,10 @@ def _ctc_text(probs: np.ndarray, characters: list[str]) -> str:
     return "".join(out)
 
 
-def fidelity(name: str, original: onnx.ModelProto, pruned: onnx.ModelProto) -> dict:
-    feeds = _eval_feeds(name)
+def fidelity(name: str, original: onnx.ModelProto, pruned: onnx.ModelProto, feeds: list[dict] | None = None) -> dict:
+    """Fidelity of the pruned model on the zoo's evaluation set, or on `feeds` (prune_generalization.py
+    scores the calibration samples with it)."""
+    feeds = _eval_feeds(name) if feeds is None else feeds
     a, b = make_session(original), make_session(pruned)
     ref = [a.run(None, f)[0] for f in feeds]
     out = [b.run(None, f)[0] for f in feeds]

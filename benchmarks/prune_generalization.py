@@ -22,8 +22,6 @@ import bench_prune as bp
 import numpy as np
 import onnx
 
-from onnxopt.runtime import make_session
-
 
 def _minilm(options: dict) -> None:
     original = onnx.load(bp.ZOO / "minilm" / "model.onnx")
@@ -45,17 +43,13 @@ def _efficientnet(options: dict) -> None:
     original = onnx.load(folder / "model.onnx")
     entry = {"name": "channel-prune", "calib_samples": 32, "flops_target": 0.8, **options}
     pruned, report, seconds = bp.prune(original, entry, calibration=str(folder / "calib"))
-    a, b = make_session(original), make_session(pruned)
 
-    def fidelity(files):
-        feeds = [dict(np.load(f)) for f in files]
-        ref, out = [a.run(None, f)[0] for f in feeds], [b.run(None, f)[0] for f in feeds]
-        cos = np.mean([float((r * o).sum() / (np.linalg.norm(r) * np.linalg.norm(o))) for r, o in zip(ref, out)])
-        return {"cosine": round(float(cos), 4), "top1_agreement": round(float(np.mean([r.argmax() == o.argmax() for r, o in zip(ref, out)])), 4)}
+    def fidelity(split):
+        result = bp.fidelity("efficientnet_lite0", original, pruned, [dict(np.load(f)) for f in sorted(glob.glob(str(folder / split / "*.npz")))])
+        return {"cosine": result["mean_cosine"], "top1_agreement": result["top1_agreement"]}
 
     print(json.dumps({"model": "efficientnet_lite0", "options": options, "macs": round(report["macs_after"] / report["macs_before"], 3),
-                      "calibration": fidelity(sorted(glob.glob(str(folder / "calib" / "*.npz")))),
-                      "held_out": fidelity(sorted(glob.glob(str(folder / "eval" / "*.npz")))), "seconds": round(seconds)}))
+                      "calibration": fidelity("calib"), "held_out": fidelity("eval"), "seconds": round(seconds)}))
 
 
 if __name__ == "__main__":
