@@ -63,8 +63,8 @@ def tune(
 
     Exactly one of `max_drop` (labeled top-1 points with `labels`, else top-1 disagreement) and
     `min_fidelity` (cosine to the original) is the accuracy objective; `max_size_mb` adds a
-    constraint. A drop must meet `max_drop` `drop_sigmas` standard errors above its estimate. `ray` is the address of an existing Ray cluster (checked before any work);
-    `storage` a journal file or an RDB URL that makes the study resumable. `trials` counts every
+    constraint. A drop must meet `max_drop` `drop_sigmas` standard errors above its estimate.
+    `ray` is the address of an existing Ray cluster (checked before any work); `storage` a journal file or an RDB URL that makes the study resumable. `trials` counts every
     trial of the stored study, earlier runs included. `trial_function` replaces the worker's
     trial (tests use it to simulate a dying worker). `final_candidates` fastest feasible trials are
     re-checked at the end, each timed with `final_iters` pairs (default 4 x `profile_iters`).
