@@ -8,6 +8,7 @@ never with pickle.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings as _warnings
 from pathlib import Path
@@ -258,3 +259,18 @@ def _name_single_inputs(data: CalibrationData) -> CalibrationData:
             yield origin, feeds
 
     return CalibrationData(factory, data._count, specs, data.limit, data.description, data.fixed_dims)
+
+
+def fingerprint(feeds: Feeds) -> str:
+    """A digest of one sample (every input's name, dtype, shape and bytes): equal samples, equal digests."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(feeds):
+        value = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def fingerprints(samples: Iterable[Feeds]) -> set[str]:
+    """The digests of every sample, to find evaluation samples the lossy passes were fitted on."""
+    return {fingerprint(feeds) for feeds in samples}

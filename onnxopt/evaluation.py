@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from onnxopt.calibration import open_calibration
+from onnxopt.calibration import fingerprint, fingerprints, open_calibration
 from onnxopt.errors import CalibrationError, ConfigError
 from onnxopt.ir import load_model
 from onnxopt.runtime import make_session, run_session
@@ -209,6 +209,7 @@ class EvaluationResult:
     accuracy: dict[str, Any] | None = None
     metric: dict[str, Any] | None = None
     source: str = ""
+    calibration_overlap: int | None = None  # evaluated samples that are also calibration samples (None: not checked)
 
     @property
     def fidelity(self) -> float:
@@ -235,6 +236,7 @@ class EvaluationResult:
             "outputs": self.outputs,
             "accuracy": self.accuracy,
             "metric": self.metric,
+            "calibration_overlap": self.calibration_overlap,
         }
 
     def summary(self) -> str:
@@ -316,6 +318,7 @@ def evaluate(
     limit: int | None = None,
     input_shapes: dict | None = None,
     opt_level: str = "all",
+    calibration: Any = None,
 ) -> EvaluationResult:
     """Fidelity of `optimized` against `original` on real `data`, labeled accuracy, and a user metric.
 
@@ -324,7 +327,8 @@ def evaluate(
     an array of int class ids, one per row of the classifier output) adds top-1/top-5 accuracy of
     both models. `metric(outputs, labels)` receives every output of one model over the whole set
     (arrays stacked on axis 0, or lists when sample shapes differ) and returns a number or a dict
-    of numbers; it is called for both models and the change is reported.
+    of numbers; it is called for both models and the change is reported. `calibration` (the
+    samples the lossy passes were fitted on) counts the evaluated samples among them.
     """
     original_model = load_model(original)
     optimized_model = load_model(optimized)
@@ -344,10 +348,13 @@ def evaluate(
     kept: dict[str, dict[str, list]] = {"original": {n: [] for n in names}, "optimized": {n: [] for n in names}}
     label_output = output
     count = 0
+    fitted = fingerprints(open_calibration(calibration, original_model, input_shapes=input_shapes)) if calibration is not None else None
+    overlap = 0
     for feeds in samples:
         ref = run_session(base_session, feeds, names)
         cand = run_session(cand_session, feeds, names)
         count += 1
+        overlap += fitted is not None and fingerprint(feeds) in fitted
         for name in names:
             r, c = np.asarray(ref[name]), np.asarray(cand[name])
             if r.shape != c.shape:
@@ -403,4 +410,14 @@ def evaluate(
         accuracy=accuracy,
         metric=metric_result,
         source=str(getattr(samples, "description", "")),
+        calibration_overlap=overlap if fitted is not None else None,
+    )
+
+
+def overlap_warning(overlap: int, samples: int, kind: str = "evaluation") -> str:
+    """Why fidelity on calibration samples misleads: refits fit them (issue 17 measured a pruned
+    MiniLM at cosine 0.955 on its calibration samples and 0.890 on held-out sentences)."""
+    return (
+        f"{overlap} of the {samples} {kind} samples are also calibration samples; the lossy passes "
+        "were fitted on those, so the fidelity and accuracy measured on them are optimistic: evaluate on data disjoint from --calib"
     )

@@ -29,7 +29,7 @@ from onnxopt.backends import backend_for
 from onnxopt.backends.base import Artifact, LowerRequest
 from onnxopt.calibration import open_calibration
 from onnxopt.errors import ConfigError, TargetNotAvailableError, VerificationError
-from onnxopt.evaluation import evaluate
+from onnxopt.evaluation import evaluate, overlap_warning
 from onnxopt.graphs import export_model, import_graph
 from onnxopt.inputs import InputSpec, input_specs, random_feeds
 from onnxopt.inspection import model_summary
@@ -283,8 +283,10 @@ def evaluate_stage(loaded: Loaded, exported: Exported, opts: CompileOptions) -> 
     started = time.perf_counter()
     result = evaluate(
         loaded.model, exported.model, opts.evaluation_data, opts.labels, opts.metric,
-        limit=opts.eval_limit, input_shapes=loaded.ctx.input_shapes,
+        limit=opts.eval_limit, input_shapes=loaded.ctx.input_shapes, calibration=loaded.ctx.calibration,
     )
+    if result.calibration_overlap:
+        loaded.ctx.warn(overlap_warning(result.calibration_overlap, result.samples))
     return Evaluated(result, time.perf_counter() - started)
 
 

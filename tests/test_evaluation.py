@@ -169,3 +169,14 @@ def test_exactness_allows_two_ulps_of_a_half_precision_output_and_compares_seque
     assert outputs_match(output_difference({"s": seq}, {"s": [t.copy() for t in seq]}), 1e-4, 1e-5)[0]
     ok, why = outputs_match(output_difference({"s": seq}, {"s": seq[:1]}), 1e-4, 1e-5)
     assert not ok and "s[1] is missing" in why
+
+
+def test_evaluation_samples_that_are_calibration_samples_are_counted(pair, tmp_path):
+    _, _, original, optimized = pair
+    xs = samples(12)
+    data = write_folder(tmp_path / "data", xs)
+    calib = write_folder(tmp_path / "calib", np.concatenate([xs[:5], samples(3, seed=9)]))
+    assert evaluate(original, optimized, data, calibration=str(calib)).calibration_overlap == 5
+    assert evaluate(original, optimized, data, calibration=str(write_folder(tmp_path / "other", samples(4, seed=9)))).calibration_overlap == 0
+    unchecked = evaluate(original, optimized, data)
+    assert unchecked.calibration_overlap is None and unchecked.to_dict()["calibration_overlap"] is None

@@ -61,3 +61,18 @@ def test_the_keyword_call_tune_makes_keeps_working():
     assert result.output_path is None and result.report.latency["pairs"] == 4
     assert result.report.evaluation["samples"] == 4 and result.report.evaluation["fidelity"] > 0.9999
     assert not list(Path(".").glob("*.ort-fp32.onnx"))
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "models" / "example"
+
+
+def test_evaluating_on_the_calibration_samples_is_warned_about():
+    """Refits fit their calibration samples, so fidelity on them reads too well (issue 17); the
+    report says so whenever evaluation samples are also calibration samples."""
+    model, calib = str(EXAMPLE / "fashion_cnn.onnx"), str(EXAMPLE / "calib")
+    same = onnxopt.compile(model, target="ort-int8", calibration=calib, evaluation_data=calib, save=False, profile=False)
+    assert same.report.evaluation["calibration_overlap"] == 64
+    assert any("64 of the 64 evaluation samples are also calibration samples" in w for w in same.report.warnings)
+    disjoint = onnxopt.compile(model, target="ort-int8", calibration=calib, evaluation_data=str(EXAMPLE / "eval.npz"), save=False, profile=False)
+    assert disjoint.report.evaluation["calibration_overlap"] == 0
+    assert not any("calibration samples" in w for w in disjoint.report.warnings)

@@ -116,6 +116,9 @@ def tune(
     with tempfile.TemporaryDirectory(prefix="onnxopt-tune-") as work:
         say("loading the model, calibration and tuning data once for every trial")
         files = _prepare(original, Path(work), calibration, data, labels, ray is not None)
+        overlap = _overlap_note(original, files)
+        if overlap:
+            say(f"warning: {overlap}")
         settings = SearchSettings(
             targets=targets, budget=budget, files=files, trials=trials, time_budget=time_budget, seed=seed,
             profile_iters=profile_iters, subset=subset, threads=threads, study_name=study_name, metric=metric,
@@ -138,6 +141,7 @@ def tune(
             executor=executor.name, objective=settings.objective, budget=settings.context["budget"], trials=records,
             pareto=sorted(t.number for t in study.best_trials), source=str(model),
         )
+        result.notes += [overlap] if overlap else []
         by_number = {r["number"]: r for r in records}
         candidates = top_feasible(study, final_candidates)
         if not candidates:
@@ -202,6 +206,17 @@ def _prepare(original, work: Path, calibration, data, labels, remote: bool) -> d
         np.save(work / "labels.npy", load_labels(labels))
         files["labels"] = str(work / "labels.npy")
     return files
+
+
+def _overlap_note(original, files: dict[str, str]) -> str | None:
+    """A warning when tuning samples are also calibration samples: trials fitted on them score too well."""
+    from onnxopt.calibration import fingerprint, fingerprints, open_calibration
+    from onnxopt.evaluation import overlap_warning
+
+    fitted = fingerprints(open_calibration(files["calib"], original))
+    digests = [fingerprint(feeds) for feeds in open_calibration(files["data"], original)]
+    overlap = sum(d in fitted for d in digests)
+    return overlap_warning(overlap, len(digests), "tuning") if overlap else None
 
 
 def _closest(records: list[dict[str, Any]]) -> dict[str, Any] | None:

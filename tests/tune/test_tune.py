@@ -153,3 +153,13 @@ def test_negative_drop_sigmas_is_a_config_error(problem):
 def test_workers_must_be_positive(problem, bad):
     proc = onnxopt_cli("tune", problem["model"], "--calib", problem["calib"], "--data", problem["data"], "--max-drop", "1", "--workers", bad)
     assert proc.returncode == 2 and "at least 1" in proc.stderr
+
+
+def test_tuning_data_that_is_calibration_data_is_noted(problem):
+    from onnxopt.ir import load_model
+    from onnxopt.tune import _overlap_note
+
+    original = load_model(problem["model"])
+    assert _overlap_note(original, {"calib": problem["calib"], "data": problem["data"]}) is None
+    note = _overlap_note(original, {"calib": problem["calib"], "data": problem["calib"]})
+    assert note.startswith("32 of the 32 tuning samples are also calibration samples")
