@@ -82,6 +82,7 @@ def main() -> None:
 @click.option("--depthwise", is_flag=True, help="Add depthwise-separable substitution of KxK convolutions.")
 @click.option("--depthwise-error", type=float, default=None, metavar="X", help="Per-layer relative output error cap for --depthwise.")
 @click.option("--depthwise-flops", type=float, default=None, metavar="X", help="Substitute until at most X of the model's MACs remain.")
+@click.option("--distill", type=int, default=None, metavar="STEPS", help="Add distillation after the structural passes: train all weights STEPS Adam steps so the outputs match the original's on --calib (needs onnxopt[distill]).")
 @click.option("--max-drop", type=float, default=None, metavar="X", help="Accuracy budget for lossy passes (fidelity drop against the original).")
 @click.option("--emit", type=click.Choice(["auto", "onnx"]), default="auto", show_default=True, help="onnx: write the optimized ONNX only, build and profile no runtime artifact.")
 @click.option("--engine", "engine_path", type=click.Path(dir_okay=False), default=None, help="TensorRT targets: where to write the engine (default <stem>.<target>.engine beside the ONNX).")
@@ -96,7 +97,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, drop_blocks, depthwise, depthwise_error, depthwise_flops, max_drop, emit, engine_path, eval_data, labels, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
+def compile_cmd(model, target, output, report_path, recipe, overrides, calib, calib_limit, prune, prune_flops, drop_blocks, depthwise, depthwise_error, depthwise_flops, distill, max_drop, emit, engine_path, eval_data, labels, input_shapes, verify, no_profile, iters, op_breakdown, threads, seed, as_json, quiet):
     """Optimize MODEL for a target and write the optimized model."""
     from pathlib import Path
 
@@ -108,7 +109,7 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
     progress.set_quiet(quiet)
     if labels is not None and eval_data is None:
         raise click.UsageError("--labels needs --data")
-    extra_passes = tuple(_structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops, drop_blocks))
+    extra_passes = tuple(_structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops, drop_blocks, distill))
     if output is None:  # the CLI's default: <stem>.<target>.onnx beside the input
         name = resolve_target(resolve_recipe(target, recipe, overrides, extra_passes), target, recipe).name
         output = default_output_path(Path(model), name)
@@ -140,8 +141,9 @@ def compile_cmd(model, target, output, report_path, recipe, overrides, calib, ca
     click.echo(result.report.to_json() if as_json else result.report.summary())
 
 
-def _structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops, drop_blocks=None) -> list[dict]:
-    """Flags that add lossy structural passes to any target: drop blocks first, then substitute, then prune."""
+def _structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise_flops, drop_blocks=None, distill=None) -> list[dict]:
+    """Flags that add lossy structural passes to any target: drop blocks first, then substitute, then
+    prune, then distill the result against the original."""
     entries = []
     if drop_blocks:
         entries.append({"name": "drop-blocks", "count": drop_blocks})
@@ -159,6 +161,8 @@ def _structural_passes(prune, prune_flops, depthwise, depthwise_error, depthwise
         if prune_flops is not None:
             entry["flops_target"] = prune_flops
         entries.append(entry)
+    if distill is not None:
+        entries.append({"name": "distill", "steps": distill})
     return entries
 
 
