@@ -33,10 +33,11 @@ class Recipe:
     depthwise: dict[str, Any] | None = None
     prune: dict[str, Any] | None = None
     drop_blocks: int = 0
+    distill: int = 0
     overrides: list[str] = field(default_factory=list)
 
     def extra_passes(self) -> list[dict[str, Any]]:
-        """In the order the CLI's flags add them: drop blocks, substitute, then prune."""
+        """In the order the CLI's flags add them: drop blocks, substitute, prune, then distill."""
         entries = []
         if self.drop_blocks:
             entries.append({"name": "drop-blocks", "count": self.drop_blocks})
@@ -44,6 +45,8 @@ class Recipe:
             entries.append({"name": "depthwise-separable", **self.depthwise})
         if self.prune is not None:
             entries.append({"name": "channel-prune", **self.prune})
+        if self.distill:
+            entries.append({"name": "distill", "steps": self.distill})
         return entries
 
     def cli_args(self) -> list[str]:
@@ -57,6 +60,8 @@ class Recipe:
                 args += ["--depthwise-flops", f"{self.depthwise['flops_target']:g}"]
         if self.prune is not None and "flops_target" in self.prune:
             args += ["--prune-flops", f"{self.prune['flops_target']:g}"]
+        if self.distill:
+            args += ["--distill", str(self.distill)]
         for item in self.overrides:
             args += ["--set", item]
         return args
@@ -119,8 +124,19 @@ def _depthwise_flops(recipe: Recipe, value: float) -> None:
         recipe.depthwise["flops_target"] = round(float(value), 4)
 
 
+def _distill(recipe: Recipe, value: int) -> None:
+    recipe.distill = int(value)
+
+
 def always(params: dict[str, Any]) -> bool:
     return True
+
+
+def _can_distill(params: dict[str, Any]) -> bool:
+    """Distillation repairs pruning, and needs the distill extra (JAX) where the search runs."""
+    import importlib.util
+
+    return _prunes(params) and importlib.util.find_spec("jax") is not None
 
 
 def _prunes(params: dict[str, Any]) -> bool:
@@ -164,6 +180,8 @@ def knobs(targets: tuple[str, ...]) -> list[Knob]:
              _override("channel-prune", "probe_compensation"), "cost probes refit Conv consumers by least squares (conv) or rescale them"),
         Knob("prune_search_rounds", CategoricalDistribution([0, 1, 2, 4]), _global_prune,
              _override("channel-prune", "search_rounds"), "rounds of the global allocation, each re-measuring costs on the model as pruned so far (0: auto)"),
+        Knob("prune_distill", CategoricalDistribution([0, 500]), _can_distill, _distill,
+             "Adam steps of distillation against the original after pruning (0: none; needs onnxopt[distill])"),
         Knob("depthwise", CategoricalDistribution([False, True]), always, _depthwise, "depthwise-separable substitution"),
         Knob("depthwise_flops", FloatDistribution(0.4, 0.95, step=0.05), lambda p: bool(p.get("depthwise")),
              _depthwise_flops, "MACs kept by the substitution"),
@@ -234,7 +252,7 @@ def default_params(targets: tuple[str, ...], table: list[Knob]) -> list[dict[str
                 params[knob.name] = pass_default(*defaults[knob.name])
             elif knob.name == "depthwise":
                 params[knob.name] = False
-            elif knob.name == "drop_blocks":
+            elif knob.name in ("drop_blocks", "prune_distill"):
                 params[knob.name] = 0
         # a default the table cannot express is left for the sampler to draw
         by_name = {knob.name: knob for knob in table}

@@ -94,3 +94,13 @@ def test_drop_blocks_knob_comes_first_in_the_recipe_and_the_command():
     assert recipe.extra_passes()[0]["count"] == 2
     assert recipe.cli_args()[:4] == ["--target", "ort-int8", "--drop-blocks", "2"]
     assert recipe_for({**params, "drop_blocks": 0}, table).extra_passes()[0]["name"] == "channel-prune"
+
+
+def test_distillation_is_drawn_with_pruning_and_written_as_its_flag():
+    pytest.importorskip("jax", reason="the distill extra (jax) is not installed")
+    table = knobs(("ort-fp32",))
+    unpruned = suggest(optuna.trial.FixedTrial({"target": "ort-fp32", "drop_blocks": 0, "prune_flops": 1.0, "depthwise": False}), table)
+    assert "prune_distill" not in unpruned
+    recipe = recipe_for({"target": "ort-fp32", "prune_flops": 0.5, "prune_allocation": "uniform", "prune_distill": 500, "depthwise": False}, table)
+    assert [e["name"] for e in recipe.extra_passes()] == ["channel-prune", "distill"] and recipe.extra_passes()[-1]["steps"] == 500
+    assert "--prune-flops 0.5 --distill 500" in " ".join(recipe.cli_args())
