@@ -354,14 +354,18 @@ def section_minilm(iters: int, targets=(0.9, 0.8, 0.7, 0.6, 0.5), uniform: bool 
 
 
 def section_minilm_distill(iters: int, targets=(0.6,), steps: int = 3000, extra_windows: int = 3000) -> list[dict]:
-    """MiniLM-L6 pruned as in section_minilm (global allocation on the same kind of 512 samples),
+    """MiniLM-L6 pruned as in section_minilm (global allocation on the same 512 samples),
     then distilled (`--distill`) on those plus `extra_windows` more windows of the same prose;
     the pruned model without distillation is measured beside it (same plan, same refits)."""
     if not (ZOO / "minilm" / "model.onnx").exists():
         print("skip minilm: not in the zoo cache", flush=True)
         return []
+    from onnxopt.calibration import fingerprint, fingerprints
+
     original = onnx.load(ZOO / "minilm" / "model.onnx")
-    calib, evals = minilm_sentences(prose_windows=448 + extra_windows)
+    calib, evals = minilm_sentences(prose_windows=448)  # section_minilm's 512 first: pruning reads those
+    pruned_on = fingerprints(calib)
+    calib += [f for f in minilm_sentences(prose_windows=448 + extra_windows)[0] if fingerprint(f) not in pruned_on]
     shapes = {n: (1, 32) for n in MINILM_INPUTS}
     rows = []
     for target in targets:

@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.errors import CalibrationError
 from onnxopt.graphs import export_model
 from onnxopt.passes.jax_graph import JaxGraph
+from onnxopt.passes.reconstruct import with_outputs
 from onnxopt.pipeline import Pass, PassContext, PassResult, option, register_pass
 from onnxopt.runtime import make_session
 
@@ -34,6 +35,7 @@ class DistillConfig:
     calib_samples: int = option(4096, "calibration samples to distill on (1 in holdout_every is held out)")
     holdout_every: int = option(8, "hold out every n-th calibration sample to choose the step and confirm the gain")
     eval_every: int = option(100, "steps between held-out checks")
+    hidden: bool = option(True, "also match the residual-stream tensors the original has with the same name and shape (the outputs of residual Adds), so every block gets a direct signal")
     mask_input: str = option("auto", "a 0/1 input (batch, positions) that marks the output positions to match, e.g. a transformer's attention_mask; auto: an int input named *attention_mask*, none: every position")
 
 
@@ -90,14 +92,20 @@ class Distill(Pass):
         if stacked is None or len(samples) < 2 * cfg.holdout_every:
             ctx.warn(f"distill: skipped, needs at least {2 * cfg.holdout_every} calibration samples of one shape")
             return PassResult(changed=False, stats={"skipped": "calibration samples"})
-        teacher = make_session(ctx.teacher, opt_level="basic")
-        targets = {n: np.stack(v) for n, v in zip(outputs, zip(*(teacher.run(outputs, s) for s in samples)))}
+        hidden = self._hidden(graph, ctx) if cfg.hidden else []
+        teacher = make_session(with_outputs(ctx.teacher, hidden), opt_level="basic")
+        wanted = outputs + hidden
+        targets = {n: np.stack(v) for n, v in zip(wanted, zip(*(teacher.run(wanted, s) for s in samples)))}
+        if hidden:  # keep the tensors whose shape pruning left as it was
+            shapes = program(program.params(), samples[0], hidden)
+            hidden = [n for n, value in zip(hidden, shapes) if tuple(value.shape) == targets[n].shape[1:]]
+            targets = {n: targets[n] for n in outputs + hidden}
         float_outputs = [n for n in program.outputs if targets[n].dtype.kind == "f"]
         if not float_outputs:
             ctx.warn("distill: skipped, the model has no float output to match")
             return PassResult(changed=False, stats={"skipped": "no float output"})
         held = np.arange(len(samples)) % cfg.holdout_every == cfg.holdout_every - 1
-        report = self._train(program, stacked, targets, float_outputs, held, self._mask(program, stacked))
+        report = self._train(program, stacked, targets, float_outputs, hidden, held, self._mask(program, stacked))
         if report["changed"]:
             constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)}
             for name, value in report.pop("params").items():
@@ -106,6 +114,17 @@ class Distill(Pass):
             report.pop("params")
         ctx.artifacts[f"report:{self.name}"] = report
         return PassResult(changed=report["changed"], stats={k: v for k, v in report.items() if k != "curve"})
+
+    @staticmethod
+    def _hidden(graph: gs.Graph, ctx: PassContext) -> list[str]:
+        """Residual-stream tensors (outputs of Adds of two computed tensors, read more than once) that
+        the teacher computes too: matching them gives every block its own target."""
+        teacher = {name for node in ctx.teacher.graph.node for name in node.output}
+        return [
+            node.outputs[0].name for node in graph.nodes
+            if node.op == "Add" and not any(isinstance(t, gs.Constant) for t in node.inputs)
+            and len(node.outputs[0].outputs) > 1 and node.outputs[0].name in teacher
+        ]
 
     def _mask(self, program: JaxGraph, inputs: dict[str, np.ndarray]) -> str | None:
         """The input whose 0/1 values weight output positions: padding positions of a transformer
@@ -117,7 +136,7 @@ class Distill(Pass):
             return name if name in inputs else None
         return next((n for n in program.inputs if "attention_mask" in n and n in inputs and inputs[n].dtype.kind in "iub" and inputs[n].ndim == 3), None)
 
-    def _train(self, program: JaxGraph, inputs, targets, float_outputs, held, mask: str | None) -> dict:
+    def _train(self, program: JaxGraph, inputs, targets, float_outputs, hidden, held, mask: str | None) -> dict:
         """Adam on the relative squared output error; returns the best held-out parameters."""
         cfg = self.config
         jax, jnp = program.jax, program.jnp
@@ -130,23 +149,28 @@ class Distill(Pass):
                 return jnp.ones(out.shape[:1] + (1,) * (out.ndim - 1), jnp.float32)
             return feeds[mask].astype(jnp.float32).reshape(feeds[mask].shape + (1,) * (out.ndim - 3))
 
-        def forward(p, feeds):
-            outs = jax.vmap(lambda f: program(p, f))(feeds)  # one sample at a time: batch-1 reshapes stay valid
-            return dict(zip(program.outputs, outs))
+        def forward(p, feeds, names):
+            outs = jax.vmap(lambda f: program(p, f, names))(feeds)  # one sample at a time: batch-1 reshapes stay valid
+            return dict(zip(names, outs))
 
-        def loss(p, feeds, wanted):
-            outs = forward(p, feeds)
-            total = 0.0
-            for n in float_outputs:
-                w = weights(feeds, outs[n])
-                total += jnp.sum(w * jnp.square(outs[n] - wanted[n])) / (jnp.sum(w * jnp.square(wanted[n])) + 1e-12)
-            return total / len(float_outputs)
+        def relative(feeds, out, want):
+            w = weights(feeds, out)
+            return jnp.sum(w * jnp.square(out - want)) / (jnp.sum(w * jnp.square(want)) + 1e-12)
+
+        def loss(p, feeds, wanted, names=tuple(float_outputs)):
+            outs = forward(p, feeds, list(names))
+            final = sum(relative(feeds, outs[n], wanted[n]) for n in float_outputs) / len(float_outputs)
+            if len(names) == len(float_outputs):
+                return final
+            return final + sum(relative(feeds, outs[n], wanted[n]) for n in names[len(float_outputs):]) / (len(names) - len(float_outputs))
+
+        trained = tuple(float_outputs) + tuple(hidden)
 
         init, update = _adam(jax, jnp, cfg.lr)
 
         @jax.jit
         def step(p, state, feeds, wanted):
-            value, grads = jax.value_and_grad(loss)(p, feeds, wanted)
+            value, grads = jax.value_and_grad(loss)(p, feeds, wanted, trained)
             p, state = update(p, grads, state)
             return p, state, value
 
@@ -167,7 +191,7 @@ class Distill(Pass):
         batch = min(cfg.batch, len(train_idx))
         for number in range(1, cfg.steps + 1):
             idx = rng.choice(train_idx, size=batch, replace=False)
-            params, state, _ = step(params, state, {k: v[idx] for k, v in inputs.items()}, {n: targets[n][idx] for n in float_outputs})
+            params, state, _ = step(params, state, {k: v[idx] for k, v in inputs.items()}, {n: targets[n][idx] for n in trained})
             if number % cfg.eval_every == 0 or number == cfg.steps:
                 error = held_out(params)
                 curve.append((number, round(error, 6)))
@@ -180,6 +204,7 @@ class Distill(Pass):
             "samples": int(len(train_idx)),
             "held_out_samples": int(len(held_idx)),
             "mask_input": mask,
+            "hidden_matched": len(hidden),
             "held_out_error_before": round(first, 6),
             "held_out_error_after": round(min(best, first), 6),
             "best_step": best_step,

@@ -267,7 +267,8 @@ class JaxGraph:
     def params(self) -> dict[str, Any]:
         return {name: self.jnp.asarray(self.constants[name]) for name in self.trainable}
 
-    def __call__(self, params: dict[str, Any], feeds: dict[str, Any]) -> list[Any]:
+    def __call__(self, params: dict[str, Any], feeds: dict[str, Any], names: list[str] | None = None) -> list[Any]:
+        """The graph outputs, or the tensors `names` (intermediate ones too)."""
         if self.unsupported:
             raise ConfigError(f"no JAX form for operator(s) {', '.join(self.unsupported)}")
         values = dict(feeds)
@@ -285,4 +286,4 @@ class JaxGraph:
             for name, out in zip(outputs, results):
                 if name:
                     values[name] = out
-        return [values[name] for name in self.outputs]
+        return [values[name] for name in (names or self.outputs)]
