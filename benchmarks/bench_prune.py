@@ -353,7 +353,7 @@ def section_minilm(iters: int, targets=(0.9, 0.8, 0.7, 0.6, 0.5), uniform: bool 
     return rows
 
 
-def section_minilm_distill(iters: int, targets=(0.6,), steps: int = 3000, extra_windows: int = 3000) -> list[dict]:
+def section_minilm_distill(iters: int, targets=(0.6,), steps: int = 5000, extra_windows: int = 3000) -> list[dict]:
     """MiniLM-L6 pruned as in section_minilm (global allocation on the same 512 samples),
     then distilled (`--distill`) on those plus `extra_windows` more windows of the same prose;
     the pruned model without distillation is measured beside it (same plan, same refits)."""
