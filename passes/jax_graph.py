@@ -113,14 +113,11 @@ def _operators(jax, jnp) -> dict[str, Callable[[list, dict], Any]]:
             return np.asarray(a) // np.asarray(b)
         return a / b
 
-    def pool_mean(x, axes, keepdims):
-        return jnp.mean(x, axis=axes, keepdims=keepdims)
-
     def reduce_mean(inputs, attrs):
         x = inputs[0]
         axes = np.asarray(inputs[1]) if len(inputs) > 1 else attrs.get("axes")
         axes = tuple(range(x.ndim)) if axes is None else tuple(int(a) % x.ndim for a in axes)
-        return pool_mean(x, axes, bool(attrs.get("keepdims", 1)))
+        return jnp.mean(x, axis=axes, keepdims=bool(attrs.get("keepdims", 1)))
 
     def batch_norm(x, scale, bias, mean, var, epsilon=1e-5, **_):
         shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -204,7 +201,7 @@ def _operators(jax, jnp) -> dict[str, Callable[[list, dict], Any]]:
         "BatchNormalization": plain(batch_norm),
         "LayerNormalization": plain(layer_norm),
         "SkipLayerNormalization": plain(skip_layer_norm),
-        "GlobalAveragePool": lambda i, a: pool_mean(i[0], tuple(range(2, i[0].ndim)), True),
+        "GlobalAveragePool": lambda i, a: jnp.mean(i[0], axis=tuple(range(2, i[0].ndim)), keepdims=True),
         "ReduceMean": reduce_mean,
         "MaxPool": plain(max_pool),
         "AveragePool": plain(average_pool),
@@ -262,7 +259,8 @@ class JaxGraph:
         frozen = {n.input[0] for n in graph.node if n.op_type == "Gather"}
         frozen |= {name for n in graph.node if n.op_type == "BatchNormalization" for name in n.input[3:5]}  # running statistics
         frozen |= {n.input[1] for n in graph.node if n.op_type in ("Reshape", "Expand", "Slice", "Unsqueeze", "Squeeze", "Split") and len(n.input) > 1}
-        self.trainable = [k for k, v in self.constants.items() if v.dtype == np.float32 and v.ndim >= 1 and k not in frozen and k in {t.name for t in graph.initializer}]
+        initializers = {t.name for t in graph.initializer}  # Constant nodes' values stay fixed
+        self.trainable = [k for k, v in self.constants.items() if v.dtype == np.float32 and v.ndim >= 1 and k not in frozen and k in initializers]
 
     def params(self) -> dict[str, Any]:
         return {name: self.jnp.asarray(self.constants[name]) for name in self.trainable}
