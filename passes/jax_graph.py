@@ -51,11 +51,29 @@ def _operators(jax, jnp) -> dict[str, Callable[[list, dict], Any]]:
         else:
             pads = list(pads) if pads else [0] * 2 * nd
             padding = [(int(pads[i]), int(pads[i + nd])) for i in range(nd)]
+        depthwise = nd == 2 and int(group) == x.shape[1] == w.shape[0] and w.shape[1] == 1
+        if depthwise and all(d == 1 for d in (dilations or ())) and not isinstance(padding, str):
+            y = _depthwise(x, w, tuple(strides or (1, 1)), padding)
+            return y if b is None else y + b.reshape(1, -1, 1, 1)
         y = jax.lax.conv_general_dilated(
             x, w, tuple(strides or (1,) * nd), padding, rhs_dilation=tuple(dilations or (1,) * nd),
             feature_group_count=int(group), dimension_numbers=("NCHW", "OIHW", "NCHW") if nd == 2 else None,
         )
         return y if b is None else y + b.reshape(1, -1, *([1] * nd))
+
+    def _depthwise(x, w, strides, padding):
+        """Depthwise conv as a sum of kh*kw shifted slices scaled per channel: XLA's grouped conv on CPU
+        makes an EfficientNet-Lite0 training step ~5x slower (6.4 s vs 1.3 s at batch 8)."""
+        x = jnp.pad(x, [(0, 0), (0, 0), *padding])
+        kh, kw = w.shape[2:]
+        sh, sw = strides
+        oh = (x.shape[2] - kh) // sh + 1
+        ow = (x.shape[3] - kw) // sw + 1
+        y = 0
+        for i in range(kh):
+            for j in range(kw):
+                y = y + x[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] * w[:, 0, i, j].reshape(1, -1, 1, 1)
+        return y
 
     def gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0, **_):
         y = alpha * ((a.T if transA else a) @ (b.T if transB else b))
