@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt import progress
 from onnxopt.errors import CalibrationError
 from onnxopt.graphs import export_model
 from onnxopt.passes.jax_graph import JaxGraph
@@ -95,7 +96,8 @@ class Distill(Pass):
         hidden = self._hidden(graph, ctx) if cfg.hidden else []
         teacher = make_session(with_outputs(ctx.teacher, hidden), opt_level="basic")
         wanted = outputs + hidden
-        targets = {n: np.stack(v) for n, v in zip(wanted, zip(*(teacher.run(wanted, s) for s in samples)))}
+        outs = (teacher.run(wanted, s) for s in progress.track(samples, "distill · original's outputs"))
+        targets = {n: np.stack(v) for n, v in zip(wanted, zip(*outs))}
         if hidden:  # keep the tensors whose shape pruning left as it was
             shapes = program(program.params(), samples[0], hidden)
             hidden = [n for n, value in zip(hidden, shapes) if tuple(value.shape) == targets[n].shape[1:]]
@@ -189,14 +191,16 @@ class Distill(Pass):
         best_params, best_step, curve = params, 0, [(0, round(first, 6))]
         rng = np.random.default_rng(0)
         batch = min(cfg.batch, len(train_idx))
-        for number in range(1, cfg.steps + 1):
-            idx = rng.choice(train_idx, size=batch, replace=False)
-            params, state, _ = step(params, state, {k: v[idx] for k, v in inputs.items()}, {n: targets[n][idx] for n in trained})
-            if number % cfg.eval_every == 0 or number == cfg.steps:
-                error = held_out(params)
-                curve.append((number, round(error, 6)))
-                if error < best:
-                    best, best_params, best_step = error, params, number
+        with progress.task("distill · Adam steps", total=cfg.steps) as advance:  # thousands of steps take tens of minutes
+            for number in range(1, cfg.steps + 1):
+                idx = rng.choice(train_idx, size=batch, replace=False)
+                params, state, _ = step(params, state, {k: v[idx] for k, v in inputs.items()}, {n: targets[n][idx] for n in trained})
+                if number % cfg.eval_every == 0 or number == cfg.steps:
+                    error = held_out(params)
+                    curve.append((number, round(error, 6)))
+                    if error < best:
+                        best, best_params, best_step = error, params, number
+                advance()
         return {
             "changed": best < first,
             "params": {k: np.asarray(v) for k, v in best_params.items()},

@@ -4,6 +4,7 @@ original lowers the error a pruned model makes on real samples it was not traine
 from __future__ import annotations
 
 import glob
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 import onnxopt
+from onnxopt import progress
 from onnxopt.cli import main
 from onnxopt.errors import ConfigError
 from onnxopt.runtime import make_session
@@ -125,7 +128,13 @@ def test_training_that_only_hurts_held_out_samples_leaves_the_weights_as_they_we
     kwargs = dict(target="ort-fp32", calibration=_fashion(64), save=False, profile=False, verify="off")
     prune = {"name": "channel-prune", "flops_target": 0.5}
     plain = onnxopt.compile(str(EXAMPLE / "fashion_cnn.onnx"), extra_passes=[prune], **kwargs)
-    result = onnxopt.compile(str(EXAMPLE / "fashion_cnn.onnx"), extra_passes=[prune, {"name": "distill", "steps": 20, "lr": 1e-2, "eval_every": 10}], **kwargs)
+    terminal = io.StringIO()
+    progress.use_console(Console(file=terminal, force_terminal=True, width=100))
+    try:
+        result = onnxopt.compile(str(EXAMPLE / "fashion_cnn.onnx"), extra_passes=[prune, {"name": "distill", "steps": 20, "lr": 1e-2, "eval_every": 10}], **kwargs)
+    finally:
+        progress.use_console(None)
+    assert "distill · Adam steps" in terminal.getvalue()  # long runs show where they are
     report = result.report.artifacts["distill"]
     assert not report["changed"] and report["held_out_error_after"] == report["held_out_error_before"]
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in plain.model.graph.initializer}
