@@ -353,10 +353,17 @@ def section_minilm(iters: int, targets=(0.9, 0.8, 0.7, 0.6, 0.5), uniform: bool 
     return rows
 
 
-def section_minilm_distill(iters: int, targets=(0.6,), steps: int = 5000, extra_windows: int = 3000) -> list[dict]:
+def section_minilm_distill(iters: int, runs: str | None = None, extra_windows: int = 3000) -> list[dict]:
     """MiniLM-L6 pruned as in section_minilm (global allocation on the same 512 samples),
     then distilled (`--distill`) on those plus `extra_windows` more windows of the same prose;
-    the pruned model without distillation is measured beside it (same plan, same refits)."""
+    the pruned model without distillation is measured beside it (same plan, same refits).
+
+    `runs` (or ONNXOPT_BENCH_DISTILL) lists TARGET:STEPS pairs, default 0.6:5000; rows of earlier
+    runs at other pairs are kept, since each run takes 10-20 minutes on 2 CPUs."""
+    runs = runs or os.environ.get("ONNXOPT_BENCH_DISTILL") or "0.6:5000"
+    pairs = [(float(t), int(n)) for t, n in (item.split(":") for item in runs.split(","))]
+    previous = json.loads((RESULTS / "prune.json").read_text()).get("minilm_distill", []) if (RESULTS / "prune.json").exists() else []
+    kept = [r for r in previous if (r["flops_target"], r["steps"]) not in pairs]
     if not (ZOO / "minilm" / "model.onnx").exists():
         print("skip minilm: not in the zoo cache", flush=True)
         return []
@@ -368,7 +375,7 @@ def section_minilm_distill(iters: int, targets=(0.6,), steps: int = 5000, extra_
     calib += [f for f in minilm_sentences(prose_windows=448 + extra_windows)[0] if fingerprint(f) not in pruned_on]
     shapes = {n: (1, 32) for n in MINILM_INPUTS}
     rows = []
-    for target in targets:
+    for target, steps in pairs:
         entry = {"name": "channel-prune", "flops_target": target, "allocation": "global", "calib_samples": 512}
         pruned, report, prune_s = prune(original, entry, calibration=calib, shapes=shapes)
         start = time.perf_counter()
@@ -389,7 +396,7 @@ def section_minilm_distill(iters: int, targets=(0.6,), steps: int = 5000, extra_
         row["prune_only_s"] = round(prune_s, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return rows
+    return sorted(kept + rows, key=lambda r: (-r["flops_target"], r["steps"]))
 
 
 # -- report ----------------------------------------------------------------------------------------
