@@ -95,13 +95,11 @@ class Distill(Pass):
             return PassResult(changed=False, stats={"skipped": "calibration samples"})
         hidden = self._hidden(graph, ctx) if cfg.hidden else []
         teacher = make_session(with_outputs(ctx.teacher, hidden), opt_level="basic")
-        wanted = outputs + hidden
-        outs = (teacher.run(wanted, s) for s in progress.track(samples, "distill · original's outputs"))
-        targets = {n: np.stack(v) for n, v in zip(wanted, zip(*outs))}
         if hidden:  # keep the tensors whose shape pruning left as it was
-            shapes = program(program.params(), samples[0], hidden)
-            hidden = [n for n, value in zip(hidden, shapes) if tuple(value.shape) == targets[n].shape[1:]]
-            targets = {n: targets[n] for n in outputs + hidden}
+            theirs = teacher.run(hidden, samples[0])
+            mine = program(program.params(), samples[0], hidden)
+            hidden = [n for n, a, b in zip(hidden, theirs, mine) if a.shape == tuple(b.shape)]
+        targets = self._targets(teacher, outputs + hidden, samples)
         float_outputs = [n for n in program.outputs if targets[n].dtype.kind == "f"]
         if not float_outputs:
             ctx.warn("distill: skipped, the model has no float output to match")
@@ -116,6 +114,19 @@ class Distill(Pass):
             report.pop("params")
         ctx.artifacts[f"report:{self.name}"] = report
         return PassResult(changed=report["changed"], stats={k: v for k, v in report.items() if k != "curve"})
+
+    @staticmethod
+    def _targets(teacher, names: list[str], samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The original's tensors `names` for every sample, each written into one preallocated array:
+        stacking per-sample lists held them twice (MiniLM, 3,512 samples: peak RSS 7.1 GB, now 4.5 GB,
+        of which 2.4 GB are these targets)."""
+        targets: dict[str, np.ndarray] = {}
+        for i, sample in enumerate(progress.track(samples, "distill · original's outputs")):
+            for name, value in zip(names, teacher.run(names, sample)):
+                if name not in targets:
+                    targets[name] = np.empty((len(samples), *value.shape), value.dtype)
+                targets[name][i] = value
+        return targets
 
     @staticmethod
     def _hidden(graph: gs.Graph, ctx: PassContext) -> list[str]:
