@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,14 +114,6 @@ def _symbolic_worker(model_bytes: bytes, conn) -> None:
         conn.close()
 
 
-def _start_method() -> str:
-    """fork (the worker inherits sympy, imported once) unless JAX is loaded: JAX runs threads, and a
-    fork of a process with JAX's threads may deadlock (JAX warns so), e.g. after `--distill`."""
-    import multiprocessing
-
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules else "spawn"
-
-
 def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext, timeout: float) -> onnx.ModelProto:
     """ORT's symbolic inference under a time limit: its sympy simplification can take minutes
     (Resize chains in detection models), and onnx's result is a fine answer when it does."""
@@ -131,7 +122,7 @@ def _symbolic_inference(model: onnx.ModelProto, ctx: PassContext, timeout: float
     if multiprocessing.current_process().daemon:  # e.g. a multiprocessing.Pool worker: it may not start processes
         ctx.warn("symbolic shape inference skipped: onnxopt runs in a daemonic process, which cannot start the worker that bounds its time")
         return model
-    method = _start_method()
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     if method == "fork":
         _symbolic_engine()  # imported once here (sympy is slow to import), inherited by every fork
     context = multiprocessing.get_context(method)

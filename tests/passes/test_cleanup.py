@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -152,23 +149,6 @@ def test_shape_inference_on_symbolic_reshape_uses_symbolic_engine():
     out, _ = run_pass("shape-inference", model)
     info = {vi.name: vi for vi in out.graph.value_info}
     assert "r" in info and len(info["r"].type.tensor_type.shape.dim) == 2
-
-
-def test_symbolic_inference_worker_is_spawned_not_forked_once_jax_is_loaded(monkeypatch):
-    """A fork of a process running JAX's threads may deadlock (after --distill in the same process)."""
-    from onnxopt.passes import cleanup
-
-    monkeypatch.delitem(sys.modules, "jax", raising=False)
-    assert cleanup._start_method() == "fork"
-    monkeypatch.setitem(sys.modules, "jax", types.ModuleType("jax"))
-    assert cleanup._start_method() == "spawn"
-    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
-    model = make_model(nodes, [tensor("x", ["batch", "seq"])], [tensor("y", ["batch", "seq"])])
-    ctx = PassContext()
-    graph = import_graph(model)
-    get_pass("shape-inference")().run(graph, ctx)
-    assert not ctx.warnings  # the spawned worker answered in time
-    assert len({t.name: t for t in graph.tensors().values()}["r"].shape) == 2
 
 
 def test_if_subgraph_survives_cleanup():
