@@ -68,6 +68,16 @@ def prune(model, entry: dict, calibration=None, limit=None, shapes=None):
     return result.model, report, time.perf_counter() - start
 
 
+def previous_rows(section: str) -> list[dict]:
+    """The section's rows in the last results file: sections that rerun only some rows keep the others."""
+    path = RESULTS / "prune.json"
+    return json.loads(path.read_text()).get(section, []) if path.exists() else []
+
+
+def distill_summary(report: dict) -> dict:
+    return {k: report[k] for k in ("changed", "samples", "held_out_samples", "held_out_error_before", "held_out_error_after", "best_step", "seconds")}
+
+
 def size_row(report: dict) -> dict:
     return {
         "macs_before": report["macs_before"], "macs_after": report["macs_after"],
@@ -207,7 +217,7 @@ def section_zoo(iters: int, ratio: float = 0.3, samples: int = 32) -> list[dict]
     """Every zoo model, or those named in ONNXOPT_BENCH_ZOO (comma-separated): the other models
     keep their rows from the last results file."""
     chosen = [m for m in os.environ.get("ONNXOPT_BENCH_ZOO", ",".join(ZOO_MODELS)).split(",") if m]
-    previous = json.loads((RESULTS / "prune.json").read_text()).get("zoo", []) if (RESULTS / "prune.json").exists() else []
+    previous = previous_rows("zoo")
     rows = [r for r in previous if r["model"] not in chosen]
     for name in chosen:
         if not (ZOO / name / "model.onnx").exists():
@@ -362,11 +372,10 @@ def section_minilm_distill(iters: int, runs: str | None = None, extra_windows: i
     runs at other pairs are kept, since each run takes 10-20 minutes on 2 CPUs."""
     runs = runs or os.environ.get("ONNXOPT_BENCH_DISTILL") or "0.6:5000"
     pairs = [(float(t), int(n)) for t, n in (item.split(":") for item in runs.split(","))]
-    previous = json.loads((RESULTS / "prune.json").read_text()).get("minilm_distill", []) if (RESULTS / "prune.json").exists() else []
-    kept = [r for r in previous if (r["flops_target"], r["steps"]) not in pairs]
+    kept = [r for r in previous_rows("minilm_distill") if (r["flops_target"], r["steps"]) not in pairs]
     if not (ZOO / "minilm" / "model.onnx").exists():
         print("skip minilm: not in the zoo cache", flush=True)
-        return []
+        return kept
     from onnxopt.calibration import fingerprint, fingerprints
 
     original = onnx.load(ZOO / "minilm" / "model.onnx")
@@ -390,7 +399,7 @@ def section_minilm_distill(iters: int, runs: str | None = None, extra_windows: i
         cos = sentence_cosines(original, result.model, evals)
         row["mean_cosine"] = round(float(np.mean(cos)), 4)
         row["min_cosine"] = round(float(np.min(cos)), 4)
-        row["distill"] = {k: distill[k] for k in ("changed", "samples", "held_out_samples", "held_out_error_before", "held_out_error_after", "best_step", "seconds")}
+        row["distill"] = distill_summary(distill)
         row["latency"] = latency_ratio(original, result.model, evals[0], iters)
         row["compile_s"] = round(seconds, 1)
         row["prune_only_s"] = round(prune_s, 1)
@@ -426,7 +435,7 @@ def section_effnet_distill(iters: int, steps: int = 400, crops: int = 1024) -> l
     for label, feeds in (("eval_photos", other_photos), ("calib_photos", same_photos)):
         row[label] = {"pruned": fidelity("efficientnet_lite0", original, pruned, feeds), "distilled": fidelity("efficientnet_lite0", original, result.model, feeds)}
     distill = result.report.artifacts["distill"]
-    row["distill"] = {k: distill[k] for k in ("changed", "samples", "held_out_samples", "held_out_error_before", "held_out_error_after", "best_step", "seconds")}
+    row["distill"] = distill_summary(distill)
     row["latency"] = latency_ratio(original, result.model, other_photos[0], iters)
     row["compile_s"] = round(time.perf_counter() - start, 1)
     row["prune_only_s"] = round(prune_s, 1)
